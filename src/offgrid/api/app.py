@@ -1,0 +1,73 @@
+"""The app factory: ``create_app(settings)`` wires registry → scheduler → relay.
+
+The lifespan owns the long-lived parts and stops every engine in ``finally``, so a server
+that is stopped (Ctrl-C, SIGTERM) leaves no child behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from offgrid import __version__
+from offgrid.api.errors import install_error_handlers
+from offgrid.api.openai_routes import router as openai_router
+from offgrid.api.relay import Relay
+from offgrid.config import Settings
+from offgrid.engine.build import EngineBinary, find_engine
+from offgrid.engine.process import Engine, EngineOptions
+from offgrid.models.registry import ModelInfo, Registry
+from offgrid.scheduler import Scheduler
+
+__all__ = ["create_app", "engine_options", "make_starter"]
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(
+        context=settings.max_context,
+        parallel=settings.parallel,
+        threads=settings.num_threads,
+        gpu_layers=settings.gpu_layers,
+    )
+
+
+def make_starter(settings: Settings) -> Callable[[ModelInfo], Awaitable[Engine]]:
+    """``start(model)`` for the scheduler: find the engine binary, then start it on ``model``."""
+
+    async def start(model: ModelInfo) -> Engine:
+        binary: EngineBinary = find_engine(settings)
+        return await Engine.start(
+            binary,
+            model,
+            engine_options(settings),
+            log_dir=settings.cache_dir / "logs",
+            timeout=settings.load_timeout,
+        )
+
+    return start
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The OffGrid HTTP app for ``settings``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = Registry(settings.models_dir, settings.cache_dir / "registry.sqlite")
+        scheduler = Scheduler(registry, make_starter(settings))
+        relay = Relay(scheduler)
+        await relay.open()
+        app.state.settings, app.state.registry = settings, registry
+        app.state.scheduler, app.state.relay = scheduler, relay
+        try:
+            yield
+        finally:
+            await scheduler.close()
+            await relay.close()
+            registry.close()
+
+    app = FastAPI(title="OffGrid LLM", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    return app

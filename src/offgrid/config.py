@@ -1,0 +1,202 @@
+"""One Settings object: defaults < config file (YAML/JSON) < ``OFFGRID_*`` env < flags.
+
+Every setting is declared once in ``FIELDS`` with its env name, its key in the config
+file, its default and its meaning, so ``offgrid config show`` can print them all with
+the place each value came from. Settings are read from an injected mapping (tests
+pass a dict), never from ``os.environ`` behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from offgrid.errors import ConfigError
+
+__all__ = ["FIELDS", "Setting", "Settings", "config_file_path", "load_settings"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one setting is named in the environment and the config file, and what it means."""
+
+    name: str
+    env: str
+    file_key: str
+    help: str
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HOME") or Path.home())
+
+
+def _data_home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_DATA_HOME") or _home() / ".local" / "share")
+
+
+def _cache_home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_CACHE_HOME") or _home() / ".cache")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything OffGrid can be told; see ``FIELDS`` for names and meanings."""
+
+    host: str = "127.0.0.1"
+    port: int = 11611
+    models_dir: Path = field(default_factory=lambda: _data_home(os.environ) / "offgrid" / "models")
+    cache_dir: Path = field(default_factory=lambda: _cache_home(os.environ) / "offgrid")
+    llama_server: str = ""
+    num_threads: int = 0
+    max_context: int = 4096
+    parallel: int = 4
+    gpu_layers: int = 0
+    load_timeout: float = 300.0
+    max_request_bytes: int = 32 * 1024 * 1024
+    log_level: str = "info"
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """Return a copy with command-line flags applied (``None`` means not given)."""
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            return self
+        coerced = {k: _coerce(k, v) for k, v in given.items()}
+        sources = dict(self.sources) | dict.fromkeys(given, "flag")
+        return replace(self, **coerced, sources=sources)
+
+    def as_rows(self) -> list[tuple[str, str, str, str]]:
+        """(env name, value, source, meaning) for every setting, for display."""
+        return [
+            (s.env, str(getattr(self, s.name)), self.sources.get(s.name, "default"), s.help)
+            for s in FIELDS
+        ]
+
+
+FIELDS: tuple[Setting, ...] = (
+    Setting("host", "OFFGRID_HOST", "server.host", "Bind address (loopback by default)"),
+    Setting("port", "OFFGRID_PORT", "server.port", "HTTP port of the API"),
+    Setting("models_dir", "OFFGRID_MODELS_DIR", "models.directory", "Folder of *.gguf models"),
+    Setting("cache_dir", "OFFGRID_CACHE_DIR", "cache.directory", "Engine builds and downloads"),
+    Setting(
+        "llama_server",
+        "OFFGRID_LLAMA_SERVER",
+        "engine.binary",
+        "Use this llama-server binary instead of building one",
+    ),
+    Setting("num_threads", "OFFGRID_NUM_THREADS", "inference.num_threads", "CPU threads (0=auto)"),
+    Setting(
+        "max_context",
+        "OFFGRID_MAX_CONTEXT",
+        "inference.context_size",
+        "Context window per request, in tokens (capped at the model's)",
+    ),
+    Setting(
+        "parallel",
+        "OFFGRID_PARALLEL",
+        "inference.parallel",
+        "Requests one engine runs at once (llama-server -np)",
+    ),
+    Setting(
+        "gpu_layers",
+        "OFFGRID_GPU_LAYERS",
+        "inference.gpu_layers",
+        "Layers to offload to the GPU (0=auto)",
+    ),
+    Setting(
+        "load_timeout",
+        "OFFGRID_LOAD_TIMEOUT",
+        "inference.load_timeout",
+        "Seconds a model may take to load",
+    ),
+    Setting(
+        "max_request_bytes",
+        "OFFGRID_MAX_REQUEST_BYTES",
+        "server.max_request_bytes",
+        "Largest request body accepted",
+    ),
+    Setting("log_level", "OFFGRID_LOG_LEVEL", "logging.level", "debug, info, warning or error"),
+)
+
+_TYPES: dict[str, type] = {f.name: f.type for f in fields(Settings)}  # type: ignore[misc]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _TYPES[name]
+    if kind in ("Path", Path):
+        return Path(os.path.expanduser(str(value)))
+    if kind in ("int", int):
+        return int(value)
+    if kind in ("float", float):
+        return float(value)
+    return str(value)
+
+
+def config_file_path(env: Mapping[str, str]) -> Path | None:
+    """The config file in use: ``OFFGRID_CONFIG``, else the first of the usual places."""
+    if env.get("OFFGRID_CONFIG"):
+        return Path(os.path.expanduser(env["OFFGRID_CONFIG"]))
+    for candidate in (
+        Path(env.get("XDG_CONFIG_HOME") or _home() / ".config") / "offgrid" / "config.yaml",
+        _home() / ".offgrid-llm" / "config.yaml",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML or JSON config file into ``{setting name: value}``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML/JSON: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping at the top level")
+    values: dict[str, Any] = {}
+    for setting in FIELDS:
+        node: Any = data
+        for part in setting.file_key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            values[setting.name] = node
+    return values
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, the config file and ``env`` (default: the process env)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {
+        "models_dir": _data_home(env) / "offgrid" / "models",
+        "cache_dir": _cache_home(env) / "offgrid",
+    }
+    sources: dict[str, str] = {}
+    path = config_file_path(env)
+    if path is not None:
+        for name, value in read_config_file(path).items():
+            values[name], sources[name] = value, str(path)
+    for setting in FIELDS:
+        if env.get(setting.env, "") != "":
+            values[setting.name], sources[setting.name] = env[setting.env], "env"
+    coerced: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            coerced[name] = _coerce(name, value)
+        except ValueError:
+            where = sources.get(name, "default")
+            raise ConfigError(
+                f"Setting {name} has an invalid value {value!r} (from {where})"
+            ) from None
+    return Settings(**coerced, sources=sources)

@@ -1,0 +1,255 @@
+"""Find or build the ``llama-server`` engine binary.
+
+The sources are llama.cpp as vendored by the ``llama-cpp-python`` sdist on PyPI, pinned by
+sha256 (DESIGN.md decision 2). A build lands in ``<cache>/engine/<key>/`` where the key
+hashes the source and the build flags, so a machine builds each variant once; the folder
+appears only when the build is complete (built beside it, then renamed).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from offgrid.config import Settings
+from offgrid.errors import ConfigError, EngineUnavailableError, SetupError
+from offgrid.fetch import Progress, fetch_package_file
+
+__all__ = [
+    "SOURCE",
+    "BuildPlan",
+    "EngineBinary",
+    "build_engine",
+    "detect_backend",
+    "find_engine",
+    "plan_build",
+]
+
+
+@dataclass(frozen=True)
+class Source:
+    project: str
+    version: str
+    sha256: str
+    subdir: str
+    llama_commit: str
+
+
+SOURCE = Source(
+    project="llama-cpp-python",
+    version="0.3.36",
+    sha256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+    subdir="vendor/llama.cpp",
+    llama_commit="0c1e570",
+)
+
+TARGETS = ("llama-server", "ggml-rpc-server")
+
+# Portable: GGML_NATIVE=ON (-march=native) died with SIGILL on other CPUs of the same
+# fleet; BACKEND_DL + CPU_ALL_VARIANTS picks the best CPU kernels at run time instead.
+# RPATH_USE_ORIGIN lets the binaries find their libraries after we move them; the
+# prebuilt UI would be downloaded; without OpenSSL the engine cannot reach the network.
+BASE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_BACKEND_DL=ON",
+    "-DGGML_CPU_ALL_VARIANTS=ON",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DGGML_RPC=ON",
+    "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+)
+BACKEND_FLAGS = {"cpu": (), "cuda": ("-DGGML_CUDA=ON",), "rocm": ("-DGGML_HIP=ON",)}
+
+
+@dataclass(frozen=True)
+class EngineBinary:
+    """A usable engine: the llama-server path and what we know of how it was made."""
+
+    path: Path
+    backend: str
+    origin: str  # "OFFGRID_LLAMA_SERVER" or the cache folder
+
+    @property
+    def rpc_server(self) -> Path:
+        return self.path.with_name("ggml-rpc-server")
+
+    def version(self) -> str:
+        """The engine's own ``--version`` line, e.g. ``version: 1 (0c1e570)``."""
+        try:
+            out = subprocess.run(
+                [str(self.path), "--version"], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"unknown ({exc})"
+        lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("version")]
+        return lines[0].removeprefix("version: ") if lines else "unknown"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    backend: str
+    flags: tuple[str, ...]
+    key: str
+    folder: Path
+
+
+def _gpu_visible() -> bool:
+    return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
+
+
+def detect_backend(*, cpu_only: bool = False, cuda: bool = False) -> str:
+    """``cuda`` when nvcc is installed and an NVIDIA GPU is visible, ``rocm`` likewise, else cpu.
+
+    A CUDA build on a box with nvcc but no GPU would take most of an hour on two cores
+    and run on the CPU anyway, so the GPU must be there too; ``cuda=True`` forces it.
+    """
+    if cpu_only:
+        return "cpu"
+    if cuda or (shutil.which("nvcc") and _gpu_visible()):
+        return "cuda"
+    if shutil.which("hipcc") and Path("/dev/kfd").exists():
+        return "rocm"
+    return "cpu"
+
+
+def plan_build(cache_dir: Path, backend: str) -> BuildPlan:
+    flags = BASE_FLAGS + BACKEND_FLAGS[backend]
+    key = hashlib.sha256("\n".join((SOURCE.sha256, *flags)).encode()).hexdigest()[:16]
+    return BuildPlan(backend, flags, key, cache_dir / "engine" / f"{backend}-{key}")
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "ENGINE.json").is_file() and (folder / "bin" / "llama-server").is_file()
+
+
+def find_engine(settings: Settings) -> EngineBinary:
+    """The engine to run: ``OFFGRID_LLAMA_SERVER``, else the best completed build in the cache."""
+    if settings.llama_server:
+        path = Path(settings.llama_server).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ConfigError(f"OFFGRID_LLAMA_SERVER={path} is not an executable file")
+        return EngineBinary(path, "unknown", "OFFGRID_LLAMA_SERVER")
+    preferred = detect_backend()
+    for backend in dict.fromkeys((preferred, "cpu")):
+        plan = plan_build(settings.cache_dir, backend)
+        if _complete(plan.folder):
+            return EngineBinary(plan.folder / "bin" / "llama-server", backend, str(plan.folder))
+    raise EngineUnavailableError(
+        "No llama-server engine is installed. Run `offgrid setup` (builds it once, "
+        "about 7 minutes on 2 cores) or set OFFGRID_LLAMA_SERVER to an existing binary."
+    )
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _extract(archive: Path, dest: Path, subdir: str) -> Path:
+    """Unpack the llama.cpp part of the sdist; ``filter='data'`` keeps paths inside ``dest``."""
+    with tarfile.open(archive) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        prefix = f"{top}/{subdir}/"
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+        tar.extractall(dest, members=members, filter="data")
+    return dest / top / subdir
+
+
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]\s*(.*)")
+
+
+def _run_logged(
+    argv: list[str], log: Path, step: Callable[[str, int | None], None], what: str
+) -> None:
+    """Run a build command, appending its output to ``log`` and reporting ``[ NN%]`` lines."""
+    with log.open("a") as fh:
+        fh.write(f"\n$ {' '.join(argv)}\n")
+        fh.flush()
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            match = _PERCENT.match(line)
+            if match:
+                step(f"{what}: {match.group(2).strip()[:70]}", int(match.group(1)))
+        code = proc.wait()
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise SetupError(f"{what} failed (exit {code}). Full log: {log}\n{tail}")
+
+
+def build_engine(
+    settings: Settings,
+    *,
+    backend: str,
+    jobs: int | None = None,
+    step: Callable[[str, int | None], None] = lambda _msg, _pct: None,
+    progress: Progress | None = None,
+) -> EngineBinary:
+    """Build llama-server for ``backend`` into the cache unless that build already exists."""
+    plan = plan_build(settings.cache_dir, backend)
+    with _lock(plan.folder.with_suffix(".lock")):
+        if _complete(plan.folder):
+            return EngineBinary(plan.folder / "bin" / "llama-server", backend, str(plan.folder))
+        for tool in ("cmake", "c++"):
+            if not shutil.which(tool):
+                raise SetupError(f"Building the engine needs `{tool}`: install cmake and g++.")
+        step("Fetching llama.cpp sources", None)
+        archive = fetch_package_file(
+            SOURCE.project,
+            SOURCE.version,
+            ".tar.gz",
+            settings.cache_dir / "downloads",
+            sha256=SOURCE.sha256,
+            progress=progress,
+        )
+        work = plan.folder.with_name(plan.folder.name + ".work")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        log = plan.folder.with_name(plan.folder.name + ".build.log")
+        log.write_text(f"OffGrid engine build {plan.key} ({backend})\n")
+        step("Unpacking sources", None)
+        src = _extract(archive, work / "src", SOURCE.subdir)
+        build = work / "build"
+        step("Configuring (cmake)", None)
+        _run_logged(
+            ["cmake", "-S", str(src), "-B", str(build), *plan.flags], log, step, "Configure"
+        )
+        n = str(jobs or os.cpu_count() or 2)
+        _run_logged(
+            ["cmake", "--build", str(build), "-j", n, "--target", *TARGETS], log, step, "Build"
+        )
+        step("Installing into the cache", 100)
+        staged = work / "install"
+        (staged / "bin").mkdir(parents=True)
+        for item in (build / "bin").iterdir():
+            if item.is_file():
+                shutil.copy2(item, staged / "bin" / item.name)
+        meta = {"source": SOURCE.__dict__, "backend": backend, "flags": plan.flags}
+        (staged / "ENGINE.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(plan.folder, ignore_errors=True)
+        os.replace(staged, plan.folder)
+        shutil.rmtree(work, ignore_errors=True)
+        return EngineBinary(plan.folder / "bin" / "llama-server", backend, str(plan.folder))

@@ -1,0 +1,271 @@
+"""One llama-server child process serving one model: argv, start, health, supervise, stop.
+
+States: starting → ready → stopping → stopped, or → exited when the child dies on its own.
+The child runs in its own process group (so a stop reaches everything it spawned) and gets
+SIGKILL if OffGrid itself dies (PR_SET_PDEATHSIG), so no engine outlives the server.
+Its output goes straight to a log file: no Python work per line, and the tail of the file
+tells what happened when it crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import aiohttp
+
+from offgrid.engine.build import EngineBinary
+from offgrid.errors import EngineUnavailableError
+from offgrid.models.registry import ModelInfo
+
+__all__ = ["Engine", "EngineOptions", "build_argv", "free_port", "template_args"]
+
+log = logging.getLogger("offgrid.engine")
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run a model: per-request context, parallel slots, threads, GPU layers."""
+
+    context: int = 4096
+    parallel: int = 4
+    threads: int = 0
+    gpu_layers: int = 0
+    embeddings: bool = True
+    extra_args: tuple[str, ...] = ()
+
+
+def default_threads() -> int:
+    """Physical cores when psutil can tell, else logical ones."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def template_args(model: ModelInfo) -> list[str]:
+    """Give a model without a chat template one chosen by its architecture.
+
+    A Jinja file keeps ``--jinja`` on (tools and json_schema need it); a bare
+    ``--chat-template gemma`` would be read as a literal Jinja template.
+    """
+    if model.gguf is None or model.gguf.chat_template:
+        return []
+    family = "gemma" if model.gguf.architecture.startswith("gemma") else "chatml"
+    path = resources.files("offgrid.engine") / "templates" / f"{family}.jinja"
+    return ["--chat-template-file", str(path)]
+
+
+def build_argv(
+    binary: Path, model: ModelInfo, options: EngineOptions, port: int, host: str = "127.0.0.1"
+) -> list[str]:
+    """The llama-server command line for ``model``.
+
+    ``-c`` is split across the ``-np`` slots, so it is the per-request context times the
+    slots; the per-request context is capped at what the model was trained for.
+    """
+    trained = model.gguf.context_length if model.gguf and model.gguf.context_length else 0
+    per_slot = min(options.context, trained) if trained else options.context
+    argv = [
+        str(binary),
+        "--model",
+        str(model.path),
+        "--alias",
+        model.id,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--ctx-size",
+        str(per_slot * options.parallel),
+        "--parallel",
+        str(options.parallel),
+        "--threads",
+        str(options.threads or default_threads()),
+        "--jinja",
+        "--no-webui",
+    ]
+    if options.gpu_layers:
+        argv += ["--n-gpu-layers", str(options.gpu_layers)]
+    if options.embeddings:
+        argv += ["--embeddings", "--pooling", "mean"]
+    return argv + template_args(model) + list(options.extra_args)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the engine binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Engine:
+    """A running llama-server for one model. Create with ``await Engine.start(...)``."""
+
+    def __init__(
+        self, model: ModelInfo, argv: list[str], port: int, log_path: Path, host: str
+    ) -> None:
+        self.model = model
+        self.argv = argv
+        self.port = port
+        self.host = host
+        self.url = f"http://{host}:{port}"
+        self.log_path = log_path
+        self.state = "starting"
+        self.started_at = time.time()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.on_exit: Callable[[Engine], None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    @classmethod
+    async def start(
+        cls,
+        binary: EngineBinary,
+        model: ModelInfo,
+        options: EngineOptions,
+        *,
+        log_dir: Path,
+        timeout: float,
+        host: str = "127.0.0.1",
+    ) -> Engine:
+        """Spawn the engine and return once its ``/health`` says ok.
+
+        Fails fast with the engine's last log lines if it exits while loading, and
+        stops it if it is not ready within ``timeout`` seconds.
+        """
+        port = free_port(host)
+        argv = build_argv(binary.path, model, options, port, host)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"engine-{model.id}.log"
+        engine = cls(model, argv, port, log_path, host)
+        await engine._spawn()
+        try:
+            await engine._wait_ready(timeout)
+        except BaseException:
+            await engine.stop()
+            raise
+        engine.state = "ready"
+        log.info("engine for %s ready on port %d (pid %s)", model.id, port, engine.pid)
+        return engine
+
+    async def _spawn(self) -> None:
+        with self.log_path.open("wb") as out:
+            out.write(("$ " + " ".join(self.argv) + "\n").encode())
+            out.flush()
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *self.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as exc:
+                raise EngineUnavailableError(
+                    f"Cannot start the engine {self.argv[0]}: {exc.strerror}"
+                ) from exc
+        self._watch = asyncio.create_task(self._supervise())
+
+    async def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while True:
+                if not self.alive:
+                    raise EngineUnavailableError(
+                        f"The engine for '{self.model.id}' exited while loading "
+                        f"(exit code {self.proc.returncode if self.proc else '?'}). "
+                        f"Last lines of {self.log_path}:\n{_tail(self.log_path)}"
+                    )
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(f"{self.url}/health") as resp:
+                        if resp.status == 200:
+                            return
+                if time.monotonic() > deadline:
+                    raise EngineUnavailableError(
+                        f"The engine for '{self.model.id}' did not become ready within "
+                        f"{timeout:.0f} s (OFFGRID_LOAD_TIMEOUT). See {self.log_path}."
+                    )
+                await asyncio.sleep(0.02)
+
+    async def _supervise(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self.state not in ("stopping", "stopped"):
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            log.error(
+                "engine for %s (pid %s) died with %s; it restarts on the next request. "
+                "Last lines of %s:\n%s",
+                self.model.id,
+                self.proc.pid,
+                how,
+                self.log_path,
+                _tail(self.log_path),
+            )
+            self.state = "exited"
+        if self.on_exit:
+            self.on_exit(self)
+
+    async def wait_exited(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the child to be seen dead; True if it is."""
+        if self._watch is None:
+            return not self.alive
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._watch), timeout)
+        return not self.alive
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL it. Idempotent."""
+        if self.proc is None or self.state == "stopped":
+            self.state = "stopped"
+            return
+        self.state = "stopping"
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if self.proc.returncode is not None:
+                break
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), wait)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in the group
+        if self._watch:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        self.state = "stopped"
+        log.info("engine for %s stopped", self.model.id)

@@ -1,0 +1,99 @@
+"""The one error hierarchy of OffGrid, with messages written for the person reading them.
+
+    OffGridError                     500 server_error
+    ├── ConfigError                  500 server_error      (bad settings or config file)
+    ├── BadRequestError              400 invalid_request_error
+    │   └── PayloadTooLargeError     413 invalid_request_error
+    ├── ModelNotFoundError           404 invalid_request_error / model_not_found
+    ├── EngineError                  502 server_error      (the engine failed a request)
+    │   └── EngineUnavailableError   503 server_error      (engine missing, crashed, or loading)
+    └── SetupError                   500 server_error      (engine build, model fetch)
+
+Each class carries its HTTP status and OpenAI error type; the API maps the base class
+once (``offgrid.api.errors``), the CLI prints ``str(error)``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequestError",
+    "ConfigError",
+    "EngineError",
+    "EngineUnavailableError",
+    "ModelNotFoundError",
+    "OffGridError",
+    "PayloadTooLargeError",
+    "SetupError",
+]
+
+
+class OffGridError(Exception):
+    """Base of every error OffGrid raises on purpose."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers this error carries (e.g. Retry-After)."""
+        return {}
+
+
+class ConfigError(OffGridError):
+    """A setting or the config file is invalid."""
+
+
+class SetupError(OffGridError):
+    """Building the engine or fetching a model failed."""
+
+
+class BadRequestError(OffGridError):
+    """The client sent something we cannot act on."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLargeError(BadRequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class ModelNotFoundError(OffGridError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str, available: list[str] | None = None) -> None:
+        hint = ""
+        if available is not None:
+            hint = (
+                f" Installed models: {', '.join(available)}."
+                if available
+                else " No model is installed: add a .gguf file to the models folder."
+            )
+        super().__init__(f"The model '{model}' does not exist.{hint}", param="model")
+
+
+class EngineError(OffGridError):
+    """The engine answered badly or the connection to it broke."""
+
+    status = 502
+
+
+class EngineUnavailableError(EngineError):
+    """No engine can serve the request right now (missing binary, crash, load failure)."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
