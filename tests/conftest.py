@@ -1,0 +1,178 @@
+"""Shared fixtures: the real engine, the real models, a real `offgrid serve` on loopback.
+
+The engine binary and the model files come from the per-user cache that `./test.sh`
+fills (`offgrid setup`); each test runs with HOME and the XDG folders in a temp dir so
+nothing touches the user's own models or config.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+import requests
+
+from offgrid.config import load_settings
+from offgrid.engine.build import EngineBinary, build_engine, detect_backend, find_engine
+from offgrid.engine.process import free_port
+from offgrid.errors import EngineUnavailableError
+from offgrid.models.starter import GEMMA, STARTER, place_model
+
+REAL_ENV = dict(os.environ)
+STARTER_ID = STARTER.model_id
+GEMMA_ID = GEMMA.model_id
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def engine_binary() -> EngineBinary:
+    """The real llama-server: OFFGRID_LLAMA_SERVER, the cached build, or a build now."""
+    settings = load_settings(REAL_ENV)
+    try:
+        return find_engine(settings)
+    except EngineUnavailableError:
+        return build_engine(settings, backend=detect_backend())
+
+
+@pytest.fixture(scope="session")
+def model_store() -> Path:
+    """A cached folder holding the verified starter and Gemma models."""
+    settings = load_settings(REAL_ENV)
+    store = settings.cache_dir / "test-models"
+    for model in (STARTER, GEMMA):
+        place_model(model, store, settings.cache_dir / "downloads")
+    return store
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    for var in list(os.environ):
+        if var.startswith("OFFGRID_"):
+            monkeypatch.delenv(var)
+    return home
+
+
+def link_models(store: Path, dest: Path, names: dict[str, str]) -> Path:
+    """Hard-link store files into ``dest`` under new names ({new file name: store name})."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for new, old in names.items():
+        os.link(store / old, dest / new)
+    return dest
+
+
+@dataclass
+class Server:
+    """A running `offgrid serve` subprocess."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str]
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key="not-needed", max_retries=0, **kwargs
+        )
+
+    def ps(self) -> list[dict[str, object]]:
+        models: list[dict[str, object]] = requests.get(f"{self.url}/api/ps", timeout=10).json()[
+            "models"
+        ]
+        return models
+
+    def engine_pid(self, model_id: str) -> int:
+        for m in self.ps():
+            if m["id"] == model_id and m.get("pid"):
+                return int(str(m["pid"]))
+        raise AssertionError(f"{model_id} is not loaded: {self.ps()}")
+
+    def engine_port(self, model_id: str) -> int:
+        for m in self.ps():
+            if m["id"] == model_id and m.get("port"):
+                return int(str(m["port"]))
+        raise AssertionError(f"{model_id} is not loaded: {self.ps()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+
+def start_server(tmp: Path, models_dir: Path, binary: EngineBinary, **env_extra: str) -> Server:
+    port = free_port()
+    env = {
+        **REAL_ENV,
+        "HOME": str(tmp / "home"),
+        "OFFGRID_PORT": str(port),
+        "OFFGRID_MODELS_DIR": str(models_dir),
+        "OFFGRID_CACHE_DIR": str(tmp / "cache"),
+        "OFFGRID_LLAMA_SERVER": str(binary.path),
+        "OFFGRID_NUM_THREADS": "2",
+        **env_extra,
+    }
+    log = tmp / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "offgrid", "serve"], env=env, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"offgrid serve exited: {log.read_text()}")
+        try:
+            return requests.get(f"{url}/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(up, 60, "offgrid serve to answer /health")
+    return Server(url, proc, log, env)
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, engine_binary: EngineBinary, model_store: Path
+) -> Iterator[Server]:
+    """One shared server with the starter model (and Gemma) for the API tests."""
+    tmp = tmp_path_factory.mktemp("serve")
+    (tmp / "home").mkdir()
+    models = link_models(
+        model_store, tmp / "models", {f.file_name: f.file_name for f in (STARTER, GEMMA)}
+    )
+    srv = start_server(tmp, models, engine_binary)
+    yield srv
+    srv.stop()
+
+
+def llama_server_pids() -> set[int]:
+    pids = set()
+    for p in psutil.process_iter(["name", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if p.info["name"] == "llama-server" or (cmd and cmd[0].endswith("llama-server")):
+            pids.add(p.pid)
+    return pids

@@ -1,0 +1,109 @@
+"""The `offgrid` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+
+from conftest import GEMMA_ID, STARTER_ID, Server
+from offgrid.engine.build import EngineBinary
+
+OFFGRID = [sys.executable, "-m", "offgrid"]
+
+
+def run_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*OFFGRID, *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_every_command(server: Server) -> None:
+    out = run_cli("--help", env=server.env).stdout
+    for command in ("serve", "run", "list", "info", "setup", "config"):
+        assert command in out
+
+
+def test_list_shows_models_with_metadata(server: Server) -> None:
+    out = run_cli("list", env={**server.env, "COLUMNS": "200"}).stdout
+    assert STARTER_ID in out and GEMMA_ID in out
+    assert "Q4_1" in out and "llama" in out and "8192" in out
+    assert "Q4_K_M" in out and "gemma3" in out
+
+
+def test_info_reports_engine_machine_and_models(
+    server: Server, engine_binary: EngineBinary
+) -> None:
+    out = run_cli("info", env={**server.env, "COLUMNS": "300"}).stdout
+    assert str(engine_binary.path) in out
+    assert "0c1e570" in out or "version" in out.lower()
+    assert "RAM" in out and "CPU" in out
+    assert "2 models" in out
+
+
+def test_run_piped_talks_to_running_server(server: Server) -> None:
+    proc = run_cli("run", STARTER_ID, env=server.env, stdin="Hello!\nclear\nWhat is 2+2?\nexit\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "[history cleared]" in proc.stdout
+    before, after = proc.stdout.split("[history cleared]")
+    assert before.strip() and after.strip()
+
+
+def test_run_unknown_model_fails_clearly(server: Server) -> None:
+    proc = run_cli("run", "nope", env=server.env, stdin="hi\n")
+    assert proc.returncode == 1
+    assert "nope" in proc.stderr and STARTER_ID in proc.stderr
+
+
+def test_run_without_server_starts_engine_itself(server: Server, tmp_path: Path) -> None:
+    env = {**server.env, "OFFGRID_PORT": "1"}  # nothing listens there
+    proc = run_cli("run", STARTER_ID, env=env, stdin="Hello!\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_run_under_a_terminal(server: Server) -> None:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "offgrid", "run", STARTER_ID],
+        env=server.env,
+        timeout=120,
+        encoding="utf-8",
+        dimensions=(40, 200),
+    )
+    child.expect("exit' quits")
+    child.expect(">>> ")
+    child.sendline("Say hi.")
+    child.expect(">>> ")
+    reply = child.before or ""
+    assert reply.replace("Say hi.", "").strip()
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_config_show_tells_where_values_come_from(server: Server, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  port: 12345\ninference:\n  num_threads: 3\n")
+    env = {k: v for k, v in server.env.items() if k not in ("OFFGRID_PORT", "OFFGRID_NUM_THREADS")}
+    out = run_cli(
+        "config",
+        "show",
+        env={**env, "OFFGRID_CONFIG": str(cfg), "OFFGRID_PARALLEL": "2", "COLUMNS": "250"},
+    ).stdout
+    assert "12345" in out and str(cfg) in out
+    line = next(ln for ln in out.splitlines() if "OFFGRID_PARALLEL" in ln)
+    assert "env" in line
+
+
+def test_config_validate_rejects_bad_values(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  port: lots\n")
+    proc = run_cli("config", "validate", str(cfg), env=dict(os.environ))
+    assert proc.returncode == 1 and "port" in proc.stderr

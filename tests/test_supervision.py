@@ -1,0 +1,83 @@
+"""Engine supervision: crashes are survived, and stopping the server leaves no child."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import STARTER_ID, Server, link_models, llama_server_pids, start_server, wait_for
+from offgrid.engine.build import EngineBinary
+
+HELLO = [{"role": "user", "content": "Hi"}]
+
+
+def test_engine_killed_then_next_request_succeeds(server: Server) -> None:
+    client = server.client()
+    client.chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
+    pid = server.engine_pid(STARTER_ID)
+    os.kill(pid, signal.SIGKILL)
+    resp = client.chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
+    assert resp.choices[0].message.content is not None
+    assert server.engine_pid(STARTER_ID) != pid
+    assert "died with signal 9" in server.log.read_text()
+
+
+def test_engine_killed_mid_stream_ends_stream_with_error_event(server: Server) -> None:
+    server.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=1)
+    pid = server.engine_pid(STARTER_ID)
+    events: list[bytes] = []
+    with requests.post(
+        f"{server.url}/v1/chat/completions",
+        json={
+            "model": STARTER_ID,
+            "messages": HELLO,
+            "max_tokens": 2000,
+            "stream": True,
+            "ignore_eos": True,
+        },
+        stream=True,
+        timeout=60,
+    ) as resp:
+        for line in resp.iter_lines():
+            if not line.startswith(b"data: "):
+                continue
+            events.append(line)
+            if len(events) == 3:
+                os.kill(pid, signal.SIGKILL)
+    assert b'"error"' in events[-1], events[-3:]
+    resp2 = server.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
+    assert resp2.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_serve_leaves_no_engine(
+    sig: int, tmp_path: Path, engine_binary: EngineBinary, model_store: Path
+) -> None:
+    models = link_models(
+        model_store, tmp_path / "models", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"}
+    )
+    before = llama_server_pids()
+    srv = start_server(tmp_path, models, engine_binary)
+    srv.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
+    child = srv.engine_pid(STARTER_ID)
+    assert child in llama_server_pids()
+    assert srv.stop(sig) == 0
+    assert llama_server_pids() - before == set()
+
+
+def test_engine_dies_with_a_killed_server(
+    tmp_path: Path, engine_binary: EngineBinary, model_store: Path
+) -> None:
+    """Even SIGKILL of the server (no cleanup possible) takes its engines down."""
+    models = link_models(
+        model_store, tmp_path / "models", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"}
+    )
+    srv = start_server(tmp_path, models, engine_binary)
+    srv.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
+    child = srv.engine_pid(STARTER_ID)
+    srv.stop(signal.SIGKILL)
+    wait_for(lambda: child not in llama_server_pids(), 10, "the orphaned engine to die")
