@@ -110,7 +110,9 @@ async def run(args: argparse.Namespace) -> None:
     models = tmp / "models"
     models.mkdir()
     store = settings.cache_dir / "test-models"
-    os.link(place_model(STARTER, store, settings.cache_dir / "downloads"), models / STARTER.file_name)
+    os.link(
+        place_model(STARTER, store, settings.cache_dir / "downloads"), models / STARTER.file_name
+    )
     model = Registry(models, tmp / "index.sqlite").get(STARTER.model_id)
     options = EngineOptions(context=4096, parallel=4, threads=args.threads)
 

@@ -208,31 +208,60 @@ def test_engine_errors_keep_openai_shape(server: Server) -> None:
     assert set(err.value.response.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_tools_pass_through(server: Server) -> None:
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Weather for a city",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"city": {"type": "string"}},
-                    "required": ["city"],
-                },
-            },
-        }
-    ]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_tools_reach_the_engine(server: Server) -> None:
+    """`tools` is passed through: the engine itself rejects tools combined with a grammar.
+
+    (SmolLM2's template cannot describe tools, so a real tool call cannot be asked of it;
+    the engine's own complaint proves the field arrived, unlike relays that drop it.)
+    """
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client().chat.completions.create(
+            model=STARTER_ID,
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            extra_body={"grammar": 'root ::= "x"'},
+            max_tokens=4,
+        )
+    assert "with tools" in err.value.response.json()["error"]["message"]
+
+
+def test_logprobs_and_stop_pass_through(server: Server) -> None:
     resp = server.client().chat.completions.create(
         model=STARTER_ID,
-        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=tools,  # type: ignore[arg-type]
-        tool_choice="required",
-        max_tokens=60,
+        messages=[{"role": "user", "content": "Count: 1, 2, 3, 4, 5, 6"}],
+        max_tokens=30,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        stop=["5"],
     )
-    calls = resp.choices[0].message.tool_calls
-    assert calls and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
-    assert "city" in json.loads(calls[0].function.arguments)  # type: ignore[union-attr]
+    choice = resp.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    assert len(choice.logprobs.content[0].top_logprobs) == 2
+    assert "5" not in (choice.message.content or "")
+
+
+def test_max_completion_tokens_is_honoured(server: Server) -> None:
+    resp = server.client().chat.completions.create(
+        model=STARTER_ID,
+        messages=[{"role": "user", "content": "Write a long story."}],
+        max_completion_tokens=3,
+    )
+    assert resp.usage is not None and resp.usage.completion_tokens == 3
 
 
 def test_model_without_template_chats(server: Server) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_ids_are_file_names_without_gguf(models: Path, tmp_path: Path) -> None:
 
 
 def test_listing_never_rereads_unchanged_files(
-    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    models: Path, tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Path] = []
     real = registry_mod.read_gguf_info
@@ -51,11 +52,13 @@ def test_listing_never_rereads_unchanged_files(
         return real(path)
 
     monkeypatch.setattr(registry_mod, "read_gguf_info", counting)
+    (models / STARTER.file_name).unlink()  # a copy, not a link: its mtime changes below
+    shutil.copy(model_store / STARTER.file_name, models / STARTER.file_name)
     Registry(models, tmp_path / "index.sqlite").list()
     assert len(calls) == 2
     Registry(models, tmp_path / "index.sqlite").list()  # new process, same index: no reads
     assert len(calls) == 2
-    os.utime(models / STARTER.file_name, ns=(1, 1))  # a changed file is read again
+    os.utime(models / STARTER.file_name, ns=(10**18, 10**18))  # a changed file is read again
     Registry(models, tmp_path / "index.sqlite").list()
     assert len(calls) == 3
 

@@ -65,7 +65,9 @@ def test_stopping_serve_leaves_no_engine(
     srv.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
     child = srv.engine_pid(STARTER_ID)
     assert child in llama_server_pids()
-    assert srv.stop(sig) == 0
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells it
+    assert srv.stop(sig) in (0, -sig, 128 + sig)
+    assert "engine for" in srv.log.read_text() and "stopped" in srv.log.read_text()
     assert llama_server_pids() - before == set()
 
 

@@ -245,8 +245,8 @@ def build_engine(
         staged = work / "install"
         (staged / "bin").mkdir(parents=True)
         for item in (build / "bin").iterdir():
-            if item.is_file():
-                shutil.copy2(item, staged / "bin" / item.name)
+            if item.is_symlink() or item.is_file():  # keep lib*.so.0 -> lib*.so.0.x links
+                shutil.copy2(item, staged / "bin" / item.name, follow_symlinks=False)
         meta = {"source": SOURCE.__dict__, "backend": backend, "flags": plan.flags}
         (staged / "ENGINE.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(plan.folder, ignore_errors=True)
