@@ -70,7 +70,7 @@ class Scheduler:
 
     def status(self) -> list[dict[str, object]]:
         """The loaded models, for ``/api/ps``."""
-        return [
+        loaded: list[dict[str, object]] = [
             {
                 "id": mid,
                 "state": s.engine.state,
@@ -81,7 +81,9 @@ class Scheduler:
                 "started_at": s.engine.started_at,
             }
             for mid, s in self._slots.items()
-        ] + [{"id": mid, "loading": True} for mid in self._loading if mid not in self._slots]
+        ]
+        loading = [mid for mid in self._loading if mid not in self._slots]
+        return loaded + [{"id": mid, "loading": True} for mid in loading]
 
     async def acquire(self, model_id: str) -> Lease:
         """A lease on a ready engine for ``model_id``, loading it first if needed."""
