@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -15,6 +16,7 @@ from offgrid import __version__
 from offgrid.api.admin_routes import router as admin_router
 from offgrid.api.errors import install_error_handlers
 from offgrid.api.openai_routes import router as openai_router
+from offgrid.api.proxy import ROUTES, ProxyApp
 from offgrid.api.relay import Relay
 from offgrid.config import Settings
 from offgrid.engine.build import EngineBinary, find_engine
@@ -50,15 +52,49 @@ def make_starter(settings: Settings) -> Callable[[ModelInfo], Awaitable[Engine]]
     return start
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The OffGrid HTTP app for ``settings``."""
+def _document_proxy_routes(app: FastAPI) -> None:
+    """Add the proxied routes, served by ``ProxyApp`` rather than FastAPI, to the schema."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = base()
+            for path, required in ROUTES.items():
+                body = {
+                    "type": "object",
+                    "required": ["model", required],
+                    "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}},
+                    "additionalProperties": True,
+                }
+                schema["paths"][path] = {
+                    "post": {
+                        "summary": f"OpenAI {path.rsplit('/', 1)[-1]} (passed to the engine)",
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": body}},
+                        },
+                        "responses": {
+                            "200": {"description": "The engine's answer (JSON or SSE)"},
+                            "400": {"description": "Malformed request"},
+                            "404": {"description": "Unknown model"},
+                        },
+                    }
+                }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings) -> ProxyApp:
+    """The OffGrid HTTP app for ``settings``: the proxy hot path in front of FastAPI."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = Registry(settings.models_dir, settings.cache_dir / "registry.sqlite")
         scheduler = Scheduler(registry, make_starter(settings))
         relay = Relay(scheduler)
-        await relay.open()
+        await relay.start()
         app.state.settings, app.state.registry = settings, registry
         app.state.scheduler, app.state.relay = scheduler, relay
         try:
@@ -72,4 +108,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(admin_router)
-    return app
+    _document_proxy_routes(app)
+    return ProxyApp(app, app.state)

@@ -1,0 +1,149 @@
+"""The hot path: the three proxied OpenAI routes as plain ASGI, in front of FastAPI.
+
+Every streamed token passes through here, and on a small box each microsecond the relay
+spends is taken from the engine. Behind FastAPI each chunk crossed a generator, Starlette's
+StreamingResponse and two ``send`` wrappers (error and exception middleware); here a chunk
+read from the engine goes straight to uvicorn's ``send`` (docs/decisions.md has the
+figures). Everything else, and the OpenAPI schema, stays with FastAPI.
+
+A client that disconnects is noticed by a watcher on ``receive()``, which closes the
+upstream response; closing the socket makes llama-server cancel the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from offgrid.api.errors import error_body, error_event
+from offgrid.api.relay import Relay, Upstream, engine_failed
+from offgrid.errors import BadRequestError, OffGridError, PayloadTooLargeError
+
+__all__ = ["ROUTES", "ProxyApp", "parse_request"]
+
+log = logging.getLogger("offgrid.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# path → the field a request must have besides "model"
+ROUTES = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+}
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def parse_request(body: bytes, required: str) -> tuple[str, bool]:
+    """(model id, stream?) from a request body; BadRequestError for what we cannot accept."""
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise BadRequestError(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise BadRequestError("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("'model' is required: the id of an installed model.", param="model")
+    if required not in payload:
+        raise BadRequestError(f"'{required}' is required.", param=required)
+    stream = payload.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequestError("'stream' must be true or false.", param="stream")
+    return model, stream is True
+
+
+async def _read_body(receive: Receive, limit: int, declared: int) -> bytes:
+    if declared > limit:
+        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def _send_whole(
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    raw = _JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ProxyApp:
+    """ASGI entry point: proxied routes handled here, everything else by ``api``."""
+
+    def __init__(self, api: ASGIApp, state: Any) -> None:
+        self.api = api
+        self.state = state  # FastAPI's app.state, filled by its lifespan
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        required = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if required is None or scope["method"] != "POST":
+            await self.api(scope, receive, send)
+            return
+        try:
+            await self._proxy(scope, receive, send, required)
+        except OffGridError as exc:
+            body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+            await _send_whole(send, exc.status, json.dumps(body).encode(), exc.headers())
+        except ConnectionResetError:
+            pass  # the client left before we answered
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, required: str) -> None:
+        declared = 0
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = int(value or 0)
+        body = await _read_body(receive, self.state.settings.max_request_bytes, declared)
+        model, stream = parse_request(body, required)
+        relay: Relay = self.state.relay
+        upstream = await relay.open(scope["path"], body, model, stream)
+        if upstream.response.status != 200 or not stream:
+            status, data = await upstream.read_whole()
+            await _send_whole(send, status, data)
+            return
+        await self._stream(upstream, receive, send)
+
+    async def _stream(self, upstream: Upstream, receive: Receive, send: Send) -> None:
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            upstream.close()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            try:
+                async for chunk in upstream.response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except Exception as exc:  # the engine died or the connection broke mid-stream
+                if not upstream.closed_by_us:
+                    event = error_event(engine_failed(upstream.lease.model_id, exc))
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            upstream.close()
