@@ -52,7 +52,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode().split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
-            headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+            headers = {
+                k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
+            }
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             if path == "/health":
                 loading = MODE == "hang-on-load" or time.monotonic() - STARTED < LOAD_S
@@ -67,7 +69,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     writer.close()
                     return
                 msg = {"role": "assistant", "content": "tok " * n}
-                out = {"model": ALIAS, "object": "chat.completion", "choices": [{"index": 0, "message": msg, "finish_reason": "length"}], "usage": {"completion_tokens": n, "prompt_tokens": 1, "total_tokens": n + 1}}
+                out = {
+                    "model": ALIAS,
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": msg, "finish_reason": "length"}],
+                    "usage": {"completion_tokens": n, "prompt_tokens": 1, "total_tokens": n + 1},
+                }
                 writer.write(response(200, json.dumps(out).encode()))
             else:
                 writer.write(response(404, b'{"error":{"message":"not found"}}'))
@@ -77,14 +84,28 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def stream(writer: asyncio.StreamWriter, n: int) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     for i in range(n):
-        event = {"model": ALIAS, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}]}
+        event = {
+            "model": ALIAS,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
+        }
         writer.write(chunk(b"data: " + json.dumps(event).encode() + b"\n\n"))
         await writer.drain()
         await asyncio.sleep(TOKEN_S)
-    done = {"model": ALIAS, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
-    writer.write(chunk(b"data: " + json.dumps(done).encode() + b"\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    done = {
+        "model": ALIAS,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+    }
+    writer.write(
+        chunk(b"data: " + json.dumps(done).encode() + b"\n\n")
+        + chunk(b"data: [DONE]\n\n")
+        + b"0\r\n\r\n"
+    )
     await writer.drain()
 
 

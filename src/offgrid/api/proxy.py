@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from offgrid.api.errors import error_body, error_event
-from offgrid.api.relay import Relay, Upstream, engine_failed
+from offgrid.api.relay import Relay, Upstream, engine_failed, reshape_error
+from offgrid.api.splice import EngineStream, client_transport
 from offgrid.errors import BadRequestError, OffGridError, PayloadTooLargeError
 
 __all__ = ["ROUTES", "ProxyApp", "parse_request"]
@@ -111,6 +112,11 @@ class ProxyApp:
             await _send_whole(send, exc.status, json.dumps(body).encode(), exc.headers())
         except ConnectionResetError:
             pass  # the client left before we answered
+        except Exception as exc:
+            log.exception("unexpected error on %s", scope["path"])
+            message = f"Internal error ({type(exc).__name__}); the server log has the details."
+            body = error_body(message, "server_error")
+            await _send_whole(send, 500, json.dumps(body).encode())
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, required: str) -> None:
         declared = 0
@@ -120,20 +126,71 @@ class ProxyApp:
         body = await _read_body(receive, self.state.settings.max_request_bytes, declared)
         model, stream = parse_request(body, required)
         relay: Relay = self.state.relay
-        upstream = await relay.open(scope["path"], body, model, stream)
-        if upstream.response.status != 200 or not stream:
-            status, data = await upstream.read_whole()
-            await _send_whole(send, status, data)
+        target = client_transport(send) if stream else None
+        if target is None:
+            upstream = await relay.open(scope["path"], body, model, stream)
+            if upstream.response.status != 200 or not stream:
+                status, data = await upstream.read_whole()
+                await _send_whole(send, status, data)
+                return
+            await self._stream(upstream, receive, send)
             return
-        await self._stream(upstream, receive, send)
+        engine_stream, lease = await relay.open_stream(scope["path"], body, model)
+        try:
+            await self._splice(engine_stream, lease.model_id, target, receive, send)
+        finally:
+            engine_stream.close()
+            lease.release()
+
+    async def _splice(
+        self,
+        upstream: EngineStream,
+        model_id: str,
+        target: tuple[Any, Any],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Relay a streamed answer socket to socket (``splice``) until done or the client leaves."""
+        status, _headers = upstream.head.result()
+        if status != 200 or not upstream.chunked:
+            data = await upstream.read_whole()
+            await _send_whole(send, status, data if status == 200 else reshape_error(status, data))
+            return
+        headers = [*_SSE_HEADERS, (b"transfer-encoding", b"chunked")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        transport, flow = target
+
+        def sink(data: bytes) -> None:
+            transport.write(data)
+            if flow.write_paused and upstream.transport is not None:
+                upstream.transport.pause_reading()  # a slow client slows the engine's stream
+                asyncio.get_running_loop().create_task(resume_when_drained())
+
+        async def resume_when_drained() -> None:
+            await flow.drain()
+            if upstream.transport is not None and not upstream.transport.is_closing():
+                upstream.transport.resume_reading()
+
+        watcher = asyncio.create_task(_close_on_disconnect(receive, upstream.close))
+        try:
+            upstream.splice_to(sink)
+            try:
+                await upstream.done
+            except ConnectionError as exc:
+                if upstream.closed_by_us:
+                    return
+                if not upstream.at_boundary:
+                    transport.close()  # mid-chunk: only a broken response is honest
+                    return
+                event = error_event(engine_failed(model_id, exc))
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
 
     async def _stream(self, upstream: Upstream, receive: Receive, send: Send) -> None:
-        async def watch_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            upstream.close()
-
-        watcher = asyncio.create_task(watch_disconnect())
+        """Relay a streamed answer through ASGI ``send`` (servers other than uvicorn's)."""
+        watcher = asyncio.create_task(_close_on_disconnect(receive, upstream.close))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             try:
@@ -147,3 +204,10 @@ class ProxyApp:
         finally:
             watcher.cancel()
             upstream.close()
+
+
+async def _close_on_disconnect(receive: Receive, close: Callable[[], None]) -> None:
+    """Wait for the client to go away, then ``close`` the upstream (which stops the engine)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    close()

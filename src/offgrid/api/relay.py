@@ -13,18 +13,28 @@ request that fails on a dead socket before any byte came back is retried once.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 
 from offgrid.api.errors import error_body
+from offgrid.api.splice import EngineStream, open_stream
+from offgrid.engine.process import Engine
 from offgrid.errors import EngineError
 from offgrid.scheduler import Lease, Scheduler
 
-__all__ = ["Relay", "Upstream", "engine_failed"]
+__all__ = ["Relay", "Upstream", "engine_failed", "reshape_error"]
 
 _JSON = {"Content-Type": "application/json"}
 _STREAM = {"Content-Type": "application/json", "Connection": "close"}
-_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_RETRYABLE = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    ConnectionError,  # raw connections (splice): refused, or reset before the head
+)
+T = TypeVar("T")
 
 
 class Upstream:
@@ -45,7 +55,7 @@ class Upstream:
             self.response.release()
             self.lease.release()
         status = self.response.status
-        return status, data if status == 200 else _reshape_error(status, data)
+        return status, data if status == 200 else reshape_error(status, data)
 
     def close(self) -> None:
         """Drop the connection (the engine then cancels the generation) and the lease."""
@@ -75,24 +85,45 @@ class Relay:
             await self._http.close()
 
     async def open(self, path: str, body: bytes, model_id: str, stream: bool) -> Upstream:
-        """Send ``body`` to ``path`` on the engine of ``model_id``, loading it if needed."""
-        assert self._http is not None
+        """Send ``body`` to ``path`` on the engine of ``model_id`` through the pooled client."""
+        http = self._http
+        assert http is not None
+        headers = _STREAM if stream else _JSON
+
+        async def post(engine: Engine) -> aiohttp.ClientResponse:
+            return await http.post(engine.url + path, data=body, headers=headers)
+
+        response, lease = await self._with_engine(model_id, post)
+        return Upstream(response, lease)
+
+    async def open_stream(
+        self, path: str, body: bytes, model_id: str
+    ) -> tuple[EngineStream, Lease]:
+        """Send a streamed request on a fresh raw connection, for splicing (``splice``)."""
+
+        async def connect(engine: Engine) -> EngineStream:
+            return await open_stream(engine.host, engine.port, path, body)
+
+        return await self._with_engine(model_id, connect)
+
+    async def _with_engine(
+        self, model_id: str, send: Callable[[Engine], Awaitable[T]]
+    ) -> tuple[T, Lease]:
+        """Run ``send`` against a leased engine; once more on a fresh lease if the socket was dead.
+
+        A refused connection usually means the engine died: give its exit a moment to be
+        noticed, so that the retry's ``acquire()`` starts a new one.
+        """
         for attempt in range(2):
             lease = await self.scheduler.acquire(model_id)
-            engine = lease.engine
             try:
-                response = await self._http.post(
-                    engine.url + path, data=body, headers=_STREAM if stream else _JSON
-                )
-                return Upstream(response, lease)
+                return await send(lease.engine), lease
             except _RETRYABLE as exc:
                 lease.release()
                 if attempt:
                     raise engine_failed(model_id, exc) from exc
-                if isinstance(exc, aiohttp.ClientConnectorError):
-                    # refused: the engine is likely dead; let its exit be noticed so the
-                    # retry's acquire() starts a new one
-                    await engine.wait_exited(1.0)
+                if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+                    await lease.engine.wait_exited(1.0)
             except BaseException:
                 lease.release()
                 raise
@@ -107,7 +138,7 @@ def engine_failed(model_id: str, exc: BaseException) -> EngineError:
     )
 
 
-def _reshape_error(status: int, data: bytes) -> bytes:
+def reshape_error(status: int, data: bytes) -> bytes:
     """The engine's own error as OpenAI's ``{"error": {message, type, param, code}}``."""
     message, type_ = data.decode("utf-8", errors="replace")[:2000], "invalid_request_error"
     try:
