@@ -149,7 +149,7 @@ async def open_stream(host: str, port: int, path: str, body: bytes) -> EngineStr
     """Connect to an engine, send a streamed POST and wait for its response head."""
     loop = asyncio.get_running_loop()
     transport, stream = await loop.create_connection(EngineStream, host, port)
-    stream.transport = cast(asyncio.Transport, transport)  # connection_made may come later
+    stream.transport = transport  # connection_made may come later (uvloop)
     transport.write(
         (
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
