@@ -1,0 +1,89 @@
+"""Both relay paths, against the fake engine: the socket splice (uvicorn httptools) and the
+plain ASGI fallback (any other server, here uvicorn's h11), including engine failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import uvicorn
+
+from conftest import STARTER_ID, link_models, wait_for
+from offgrid.api.app import create_app
+from offgrid.config import load_settings
+from offgrid.engine.process import free_port
+
+FAKE = str(Path(__file__).with_name("fake_engine.py"))
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def relay_url(request: pytest.FixtureRequest, tmp_path: Path, model_store: Path) -> Iterator[str]:
+    models = link_models(model_store, tmp_path / "m", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"})
+    settings = load_settings(
+        {
+            "HOME": str(tmp_path),
+            "OFFGRID_MODELS_DIR": str(models),
+            "OFFGRID_CACHE_DIR": str(tmp_path / "cache"),
+            "OFFGRID_LLAMA_SERVER": FAKE,
+        }
+    )
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), port=port, http=request.param, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "uvicorn to start")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+def sse_events(url: str, **body: object) -> list[dict[str, object]]:
+    with requests.post(
+        f"{url}/v1/chat/completions",
+        json={"model": STARTER_ID, "messages": [], "stream": True, **body},
+        stream=True,
+        timeout=30,
+    ) as resp:
+        assert resp.status_code == 200
+        return [
+            json.loads(line[6:])
+            for line in resp.iter_lines()
+            if line.startswith(b"data: ") and line != b"data: [DONE]"
+        ]
+
+
+def test_stream_arrives_whole_on_both_paths(relay_url: str) -> None:
+    events = sse_events(relay_url, max_tokens=50)
+    assert len(events) == 51  # 50 tokens and the finish chunk
+    assert events[0]["choices"][0]["delta"]["content"] == "tok0 "  # type: ignore[index]
+
+
+def test_engine_death_mid_stream_ends_with_error_event(relay_url: str) -> None:
+    pid = requests.get(f"{relay_url}/api/ps", timeout=5).json()["models"]
+    if not pid:
+        sse_events(relay_url, max_tokens=1)
+        pid = requests.get(f"{relay_url}/api/ps", timeout=5).json()["models"]
+    engine = pid[0]["pid"]
+    seen: list[bytes] = []
+    with requests.post(
+        f"{relay_url}/v1/chat/completions",
+        json={"model": STARTER_ID, "messages": [], "stream": True, "max_tokens": 100000},
+        stream=True,
+        timeout=30,
+    ) as resp:
+        for line in resp.iter_lines():
+            if line.startswith(b"data: "):
+                seen.append(line)
+                if len(seen) == 3:
+                    os.kill(engine, signal.SIGKILL)
+    assert b'"error"' in seen[-1]
+    assert len(sse_events(relay_url, max_tokens=3)) == 4  # and the next request works
