@@ -19,7 +19,14 @@ import yaml
 
 from offgrid.errors import ConfigError
 
-__all__ = ["FIELDS", "Setting", "Settings", "config_file_path", "load_settings"]
+__all__ = [
+    "FIELDS",
+    "Setting",
+    "Settings",
+    "config_file_path",
+    "load_settings",
+    "parse_duration",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ class Settings:
     load_timeout: float = 300.0
     max_request_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
+    max_loaded_models: int = 3
+    max_queue: int = 64
+    keep_alive: str = "5m"
+    pinned_models: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, **values: Any) -> Settings:
@@ -122,7 +133,50 @@ FIELDS: tuple[Setting, ...] = (
         "Largest request body accepted",
     ),
     Setting("log_level", "OFFGRID_LOG_LEVEL", "logging.level", "debug, info, warning or error"),
+    Setting(
+        "max_loaded_models",
+        "OFFGRID_MAX_LOADED_MODELS",
+        "scheduler.max_loaded_models",
+        "Most models loaded at once (memory permitting)",
+    ),
+    Setting(
+        "max_queue",
+        "OFFGRID_MAX_QUEUE",
+        "scheduler.max_queue",
+        "Requests that may wait per model beyond its parallel slots (then 429)",
+    ),
+    Setting(
+        "keep_alive",
+        "OFFGRID_KEEP_ALIVE",
+        "scheduler.keep_alive",
+        "Idle time before a model unloads: 5m, 30s, 1h; 0 = at once, -1 = never",
+    ),
+    Setting(
+        "pinned_models",
+        "OFFGRID_PINNED_MODELS",
+        "scheduler.pinned_models",
+        "Comma-separated model ids that never unload",
+    ),
 )
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds from ``300``, ``"300s"``, ``"5m"``, ``"1h"``; negative means forever."""
+    text = str(value).strip().lower()
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix) and text[: -len(suffix)].strip():
+            number, scale = text[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        return float(number) * scale
+    except ValueError:
+        raise ConfigError(
+            f"'{value}' is not a duration: use seconds or 30s, 5m, 1h (0 = now, -1 = never)"
+        ) from None
+
 
 _TYPES: dict[str, type] = {f.name: f.type for f in fields(Settings)}  # type: ignore[misc]
 
@@ -135,6 +189,8 @@ def _coerce(name: str, value: Any) -> Any:
         return int(value)
     if kind in ("float", float):
         return float(value)
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
     return str(value)
 
 
@@ -194,7 +250,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for name, value in values.items():
         try:
             coerced[name] = _coerce(name, value)
-        except ValueError:
+            if name == "keep_alive":
+                parse_duration(coerced[name])
+        except (ValueError, ConfigError):
             where = sources.get(name, "default")
             raise ConfigError(
                 f"Setting {name} has an invalid value {value!r} (from {where})"

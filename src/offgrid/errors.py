@@ -5,8 +5,10 @@
     ├── BadRequestError              400 invalid_request_error
     │   └── PayloadTooLargeError     413 invalid_request_error
     ├── ModelNotFoundError           404 invalid_request_error / model_not_found
+    ├── OverloadedError              429 server_error      (queue full; has Retry-After)
     ├── EngineError                  502 server_error      (the engine failed a request)
     │   └── EngineUnavailableError   503 server_error      (engine missing, crashed, or loading)
+    │       └── InsufficientMemoryError  (the model cannot fit even alone)
     └── SetupError                   500 server_error      (engine build, model fetch)
 
 Each class carries its HTTP status and OpenAI error type; the API maps the base class
@@ -20,8 +22,10 @@ __all__ = [
     "ConfigError",
     "EngineError",
     "EngineUnavailableError",
+    "InsufficientMemoryError",
     "ModelNotFoundError",
     "OffGridError",
+    "OverloadedError",
     "PayloadTooLargeError",
     "SetupError",
 ]
@@ -97,3 +101,32 @@ class EngineUnavailableError(EngineError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+
+
+class InsufficientMemoryError(EngineUnavailableError):
+    """The model needs more memory than the machine can give, even with others unloaded."""
+
+    code = "insufficient_memory"
+
+    def __init__(self, need: int, available: int) -> None:
+        gib = 1024**3
+        super().__init__(
+            f"This model needs about {need / gib:.1f} GiB of memory and at most "
+            f"{available / gib:.1f} GiB can be made available. Use a smaller quantization, "
+            "a smaller OFFGRID_MAX_CONTEXT or OFFGRID_PARALLEL, or free memory."
+        )
+
+
+class OverloadedError(OffGridError):
+    """Too many requests wait for a model; the client should retry later."""
+
+    status = 429
+    type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

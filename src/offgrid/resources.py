@@ -9,7 +9,15 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["SystemFacts", "system_facts"]
+from offgrid.models.gguf_meta import GGUFInfo
+
+__all__ = [
+    "MIB",
+    "SystemFacts",
+    "available_memory",
+    "estimate_model_memory",
+    "system_facts",
+]
 
 
 @dataclass(frozen=True)
@@ -55,3 +63,31 @@ def system_facts() -> SystemFacts:
         ram_available=mem.available,
         gpu=_gpu(),
     )
+
+
+MIB = 1024 * 1024
+
+
+def estimate_model_memory(
+    file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: int
+) -> int:
+    """Bytes an engine needs for a model: weights + f16 KV cache + compute buffers.
+
+    The KV cache holds ``context`` tokens for each of the ``parallel`` slots (capped at the
+    model's trained context, as ``build_argv`` does); the compute overhead is a fixed
+    allowance plus a share of the weights, which covered what llama-server's RSS showed
+    for the test models (docs/decisions.md).
+    """
+    per_slot = context
+    if gguf is not None and gguf.context_length:
+        per_slot = min(context, gguf.context_length)
+    kv = 0
+    if gguf is not None:
+        per_token = gguf.block_count * gguf.head_count_kv * (gguf.key_length + gguf.value_length)
+        kv = per_token * 2 * per_slot * parallel
+    return file_size + kv + 96 * MIB + file_size // 10
+
+
+def available_memory() -> int:
+    """RAM the system can give a new engine without swapping."""
+    return int(psutil.virtual_memory().available)

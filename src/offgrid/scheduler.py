@@ -1,41 +1,118 @@
-"""Which engine serves a request: load on demand, once per model; swap when the cap is reached.
+"""Which engines run: load on demand once per model, a memory budget, queues, idle unload.
 
-A request takes a ``Lease`` on the engine of its model and gives it back when its response
-is finished. N requests arriving together for a cold model share one load; a failed load
-fails them all with its reason. At most ``max_loaded`` engines run: to load another, the
-least recently used idle engine is stopped, after its in-flight requests are done.
-Starting engines is injected (``start``), so the policy is testable without llama-server.
+A request takes a ``Lease`` on the engine of its model and gives it back when its answer is
+finished. The policy is in pure functions tested with tables (``plan_eviction``,
+``expired``); starting engines, the memory probe and the clock are injected, so the
+``Scheduler`` itself is tested without llama-server.
+
+- N requests arriving together for a cold model share one load; a failed load fails them
+  all with its reason.
+- A model loads if its memory estimate fits what is available; otherwise idle models are
+  stopped, least recently used first, until it fits. A model with requests in flight, or a
+  pinned one, is never evicted. A model that cannot fit even alone is refused with how much
+  it needs and how much there is. ``max_loaded`` caps the count the same way.
+- Each model runs at most ``parallel`` requests; up to ``max_queue`` more wait in arrival
+  order; beyond that the request gets 429 with Retry-After. A waiter whose client leaves
+  leaves the queue.
+- An idle model unloads ``keep_alive`` seconds after its last request (0: at once, negative:
+  never; a request may set its own); pinned models never unload.
+- A model whose engine keeps crashing is not restarted for a while (backoff), and
+  ``status()`` says why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from offgrid.engine.process import Engine
+from offgrid.errors import (
+    EngineUnavailableError,
+    InsufficientMemoryError,
+    OverloadedError,
+)
 from offgrid.models.registry import ModelInfo, Registry
 
-__all__ = ["Lease", "Scheduler", "pick_victim"]
+__all__ = ["Lease", "Policy", "Scheduler", "SlotView", "expired", "plan_eviction"]
 
 log = logging.getLogger("offgrid.scheduler")
 
 StartFn = Callable[[ModelInfo], Awaitable[Engine]]
+EstimateFn = Callable[[ModelInfo], int]
+
+CRASH_WINDOW = 120.0  # seconds in which repeated crashes count
+CRASH_LIMIT = 3  # crashes in the window before backing off
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The scheduler's knobs, from settings."""
+
+    max_loaded: int = 3
+    max_queue: int = 64
+    parallel: int = 4
+    keep_alive: float = 300.0
+    pinned: frozenset[str] = frozenset()
+    reserve: int = 256 * 1024 * 1024  # memory left free for the system
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """What eviction needs to know of a loaded model."""
+
+    model_id: str
+    memory: int
+    active: int
+    last_used: float
+    pinned: bool
+
+
+def plan_eviction(
+    need: int, available: int, loaded: Sequence[SlotView], max_loaded: int, reserve: int
+) -> list[str] | None:
+    """Models to stop so that a model needing ``need`` bytes fits, or None to wait.
+
+    Raises InsufficientMemoryError when it cannot fit even with every evictable model
+    stopped and no request in flight anywhere.
+    """
+    victims: list[str] = []
+    free = available - reserve
+    count = len(loaded)
+    idle = sorted((s for s in loaded if s.active == 0 and not s.pinned), key=lambda s: s.last_used)
+    for slot in idle:
+        if need <= free and count < max_loaded:
+            break
+        victims.append(slot.model_id)
+        free += slot.memory
+        count -= 1
+    if need <= free and count < max_loaded:
+        return victims
+    at_best = available - reserve + sum(s.memory for s in loaded if not s.pinned)
+    if need > at_best:
+        raise InsufficientMemoryError(need, max(0, at_best))
+    return None
+
+
+def expired(active: int, last_used: float, keep_alive: float, pinned: bool, now: float) -> bool:
+    """Whether an idle model has outlived its keep-alive."""
+    if pinned or active > 0 or keep_alive < 0:
+        return False
+    return now - last_used >= keep_alive
 
 
 @dataclass
 class _Slot:
     engine: Engine
+    memory: int
     active: int = 0
     last_used: float = field(default_factory=time.monotonic)
-
-
-def pick_victim(slots: dict[str, _Slot]) -> str | None:
-    """The idle model used least recently, or None when every loaded model is busy."""
-    idle = [(s.last_used, mid) for mid, s in slots.items() if s.active == 0]
-    return min(idle)[1] if idle else None
+    keep_alive: float = 300.0
+    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
 
 
 class Lease:
@@ -54,39 +131,43 @@ class Lease:
             self._scheduler._release(self._slot)
 
 
+@dataclass
+class _Health:
+    crashes: list[float] = field(default_factory=list)
+    backoff_until: float = 0.0
+    last_error: str = ""
+
+
 class Scheduler:
     """Owns the running engines; all state changes happen on the event loop."""
 
-    def __init__(self, registry: Registry, start: StartFn, *, max_loaded: int = 1) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        start: StartFn,
+        *,
+        policy: Policy | None = None,
+        estimate: EstimateFn = lambda m: m.size,
+        available: Callable[[], int] = lambda: 1 << 62,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry
+        self.policy = policy or Policy()
         self._start = start
-        self.max_loaded = max_loaded
+        self._estimate = estimate
+        self._available = available
+        self._clock = clock
         self._slots: dict[str, _Slot] = {}
         self._loading: dict[str, asyncio.Task[_Slot]] = {}
+        self._health: dict[str, _Health] = collections.defaultdict(_Health)
         self._changed = asyncio.Condition()
+        self._load_lock = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def loaded(self) -> dict[str, Engine]:
-        return {mid: s.engine for mid, s in self._slots.items()}
-
-    def status(self) -> list[dict[str, object]]:
-        """The loaded models, for ``/api/ps``."""
-        loaded: list[dict[str, object]] = [
-            {
-                "id": mid,
-                "state": s.engine.state,
-                "pid": s.engine.pid,
-                "port": s.engine.port,
-                "active_requests": s.active,
-                "loading": False,
-                "started_at": s.engine.started_at,
-            }
-            for mid, s in self._slots.items()
-        ]
-        loading = [mid for mid in self._loading if mid not in self._slots]
-        return loaded + [{"id": mid, "loading": True} for mid in loading]
-
-    async def acquire(self, model_id: str) -> Lease:
-        """A lease on a ready engine for ``model_id``, loading it first if needed."""
+    # -- requests ---------------------------------------------------------------------
+    async def acquire(self, model_id: str, *, keep_alive: float | None = None) -> Lease:
+        """A lease on a ready engine for ``model_id``; loads it, or queues, as needed."""
         slot = self._slots.get(model_id)
         if slot is None or not slot.engine.alive:
             task = self._loading.get(model_id)
@@ -95,59 +176,230 @@ class Scheduler:
                 self._loading[model_id] = task
                 task.add_done_callback(lambda _t: self._loading.pop(model_id, None))
             slot = await asyncio.shield(task)
+        if slot.active >= self.policy.parallel:
+            await self._wait_turn(model_id, slot)
         slot.active += 1
-        slot.last_used = time.monotonic()
+        slot.last_used = self._clock()
+        if keep_alive is not None:
+            slot.keep_alive = keep_alive
         return Lease(self, model_id, slot)
+
+    async def _wait_turn(self, model_id: str, slot: _Slot) -> None:
+        if len(slot.waiters) >= self.policy.max_queue:
+            raise OverloadedError(
+                f"'{model_id}' is busy: {slot.active} requests running and "
+                f"{len(slot.waiters)} waiting (OFFGRID_MAX_QUEUE={self.policy.max_queue}). "
+                "Retry shortly.",
+                retry_after=2,
+            )
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot.waiters.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn in slot.waiters:
+                slot.waiters.remove(turn)
+            elif turn.done() and not turn.cancelled():
+                self._hand_over(slot)  # we were given the turn but leave: pass it on
+            raise
+
+    def _hand_over(self, slot: _Slot) -> None:
+        """Give a freed place to the first waiter still waiting."""
+        while slot.waiters and slot.active < self.policy.parallel:
+            turn = slot.waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
 
     def _release(self, slot: _Slot) -> None:
         slot.active -= 1
-        slot.last_used = time.monotonic()
-        if slot.active == 0:
-            asyncio.get_running_loop().create_task(self._notify())
+        slot.last_used = self._clock()
+        self._hand_over(slot)
+        if slot.active == 0 and not slot.waiters:
+            self._background(self._notify())
+            if slot.keep_alive == 0 and slot.engine.model.id not in self.policy.pinned:
+                self._background(self._unload_if_idle(slot))
 
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 
+    # -- loading ----------------------------------------------------------------------
     async def _load(self, model_id: str) -> _Slot:
+        health = self._health[model_id]
+        now = self._clock()
+        if health.backoff_until > now:
+            raise EngineUnavailableError(
+                f"'{model_id}' crashed {len(health.crashes)} times recently and is paused "
+                f"for {health.backoff_until - now:.0f} s more. Last error: {health.last_error}",
+                retry_after=int(health.backoff_until - now) + 1,
+            )
         model = await asyncio.to_thread(self.registry.get, model_id)
-        stale = self._slots.pop(model_id, None)
-        if stale is not None:
-            await stale.engine.stop()
-        async with self._changed:
-            while len(self._slots) >= self.max_loaded:
-                victim = pick_victim(self._slots)
-                if victim is None:
+        need = self._estimate(model)
+        async with self._load_lock:  # one placement decision at a time
+            stale = self._slots.pop(model_id, None)
+            if stale is not None:
+                await stale.engine.stop()
+            async with self._changed:
+                while True:
+                    victims = plan_eviction(
+                        need,
+                        self._available(),
+                        self._views(),
+                        self.policy.max_loaded,
+                        self.policy.reserve,
+                    )
+                    if victims is not None:
+                        break
                     await self._changed.wait()
-                    continue
-                await self._unload(victim)
-        engine = await self._start(model)
-        slot = _Slot(engine)
+            for victim in victims:
+                await self._unload(victim, "to make room")
+            try:
+                engine = await self._start(model)
+            except EngineUnavailableError as exc:
+                self._record_crash(model_id, exc.message)
+                raise
+        slot = _Slot(engine, need, keep_alive=self.policy.keep_alive, last_used=self._clock())
         engine.on_exit = self._on_exit
         self._slots[model_id] = slot
+        self._ensure_reaper()
         return slot
+
+    def _views(self) -> list[SlotView]:
+        return [
+            SlotView(mid, s.memory, s.active, s.last_used, mid in self.policy.pinned)
+            for mid, s in self._slots.items()
+        ]
+
+    def _record_crash(self, model_id: str, reason: str) -> None:
+        health = self._health[model_id]
+        now = self._clock()
+        health.crashes = [t for t in health.crashes if now - t < CRASH_WINDOW] + [now]
+        health.last_error = reason.splitlines()[0][:300] if reason else "unknown"
+        if len(health.crashes) >= CRASH_LIMIT:
+            pause = min(300.0, 10.0 * 2 ** (len(health.crashes) - CRASH_LIMIT))
+            health.backoff_until = now + pause
+            log.error(
+                "%s crashed %d times; pausing it for %.0f s", model_id, len(health.crashes), pause
+            )
 
     def _on_exit(self, engine: Engine) -> None:
         slot = self._slots.get(engine.model.id)
         if slot is not None and slot.engine is engine:
             del self._slots[engine.model.id]
-            asyncio.get_running_loop().create_task(self._notify())
+            if engine.state == "exited":
+                self._record_crash(engine.model.id, f"engine exited ({engine.exit_reason})")
+            for turn in slot.waiters:  # queued requests go back to acquire() and reload
+                if not turn.done():
+                    turn.set_exception(
+                        EngineUnavailableError(f"The engine for '{engine.model.id}' died.")
+                    )
+            self._background(self._notify())
 
-    async def _unload(self, model_id: str) -> None:
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task kept referenced until it finishes."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- unloading --------------------------------------------------------------------
+    async def _unload(self, model_id: str, why: str) -> None:
         slot = self._slots.pop(model_id, None)
         if slot is not None:
-            log.info("unloading %s to make room", model_id)
+            log.info("unloading %s %s", model_id, why)
             await slot.engine.stop()
+            await self._notify()
+
+    async def _unload_if_idle(self, slot: _Slot) -> None:
+        model_id = slot.engine.model.id
+        if self._slots.get(model_id) is slot and slot.active == 0:
+            await self._unload(model_id, "(keep-alive 0)")
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        """Unload idle models whose keep-alive ran out; sleeps until the next one is due."""
+        while self._slots:
+            now = self._clock()
+            due = []
+            wake = 30.0
+            for mid, s in list(self._slots.items()):
+                pinned = mid in self.policy.pinned
+                if expired(s.active, s.last_used, s.keep_alive, pinned, now):
+                    due.append((mid, s))
+                elif s.active == 0 and s.keep_alive >= 0 and not pinned:
+                    wake = min(wake, s.last_used + s.keep_alive - now)
+            for mid, s in due:
+                if self._slots.get(mid) is s and s.active == 0:
+                    await self._unload(mid, "after its keep-alive")
+            await asyncio.sleep(max(0.05, wake))
+
+    # -- admin ------------------------------------------------------------------------
+    async def load(self, model_id: str, *, keep_alive: float | None = None) -> Engine:
+        """Load a model without a request (``POST /api/models/{id}/load``)."""
+        lease = await self.acquire(model_id, keep_alive=keep_alive)
+        lease.release()
+        return lease.engine
 
     async def unload(self, model_id: str) -> bool:
         """Stop the engine of ``model_id`` if it runs; True when one was stopped."""
         if model_id not in self._slots:
             return False
-        await self._unload(model_id)
+        await self._unload(model_id, "on request")
         return True
+
+    def loaded(self) -> dict[str, Engine]:
+        return {mid: s.engine for mid, s in self._slots.items()}
+
+    def status(self) -> list[dict[str, object]]:
+        """Loaded, loading and paused models, for ``/api/ps``."""
+        now, wall = self._clock(), time.time()
+        rows: list[dict[str, object]] = []
+        for mid, s in self._slots.items():
+            pinned = mid in self.policy.pinned
+            expires = None
+            if not pinned and s.keep_alive >= 0:
+                expires = (
+                    wall + max(0.0, s.last_used + s.keep_alive - now) if not s.active else None
+                )
+            rows.append(
+                {
+                    "id": mid,
+                    "state": s.engine.state,
+                    "pid": s.engine.pid,
+                    "port": s.engine.port,
+                    "memory_bytes": s.memory,
+                    "active_requests": s.active,
+                    "queued_requests": len(s.waiters),
+                    "parallel": self.policy.parallel,
+                    "pinned": pinned,
+                    "keep_alive": s.keep_alive,
+                    "expires_at": expires,
+                    "started_at": s.engine.started_at,
+                }
+            )
+        for mid in self._loading:
+            if mid not in self._slots:
+                rows.append({"id": mid, "state": "loading"})
+        for mid, h in self._health.items():
+            if h.backoff_until > now and mid not in self._slots:
+                rows.append(
+                    {
+                        "id": mid,
+                        "state": "backoff",
+                        "retry_at": wall + h.backoff_until - now,
+                        "crashes": len(h.crashes),
+                        "last_error": h.last_error,
+                    }
+                )
+        return rows
 
     async def close(self) -> None:
         """Stop every engine (and any load in progress)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
         for task in list(self._loading.values()):
             task.cancel()
         await asyncio.gather(*self._loading.values(), return_exceptions=True)

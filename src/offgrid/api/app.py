@@ -18,13 +18,14 @@ from offgrid.api.errors import install_error_handlers
 from offgrid.api.openai_routes import router as openai_router
 from offgrid.api.proxy import ROUTES, ProxyApp
 from offgrid.api.relay import Relay
-from offgrid.config import Settings
+from offgrid.config import Settings, parse_duration
 from offgrid.engine.build import EngineBinary, find_engine
 from offgrid.engine.process import Engine, EngineOptions
 from offgrid.models.registry import ModelInfo, Registry
-from offgrid.scheduler import Scheduler
+from offgrid.resources import available_memory, estimate_model_memory
+from offgrid.scheduler import Policy, Scheduler
 
-__all__ = ["create_app", "engine_options", "make_starter"]
+__all__ = ["create_app", "engine_options", "make_starter", "scheduler_policy"]
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -33,6 +34,17 @@ def engine_options(settings: Settings) -> EngineOptions:
         parallel=settings.parallel,
         threads=settings.num_threads,
         gpu_layers=settings.gpu_layers,
+    )
+
+
+def scheduler_policy(settings: Settings) -> Policy:
+    pinned = {m.strip() for m in settings.pinned_models.split(",") if m.strip()}
+    return Policy(
+        max_loaded=max(1, settings.max_loaded_models),
+        max_queue=max(0, settings.max_queue),
+        parallel=max(1, settings.parallel),
+        keep_alive=parse_duration(settings.keep_alive),
+        pinned=frozenset(pinned),
     )
 
 
@@ -92,7 +104,15 @@ def create_app(settings: Settings) -> ProxyApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = Registry(settings.models_dir, settings.cache_dir / "registry.sqlite")
-        scheduler = Scheduler(registry, make_starter(settings))
+        scheduler = Scheduler(
+            registry,
+            make_starter(settings),
+            policy=scheduler_policy(settings),
+            estimate=lambda m: estimate_model_memory(
+                m.size, m.gguf, context=settings.max_context, parallel=settings.parallel
+            ),
+            available=available_memory,
+        )
         relay = Relay(scheduler)
         await relay.start()
         app.state.settings, app.state.registry = settings, registry

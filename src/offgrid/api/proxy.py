@@ -16,14 +16,16 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from offgrid.api.errors import error_body, error_event
 from offgrid.api.relay import Relay, Upstream, engine_failed, reshape_error
 from offgrid.api.splice import EngineStream, client_transport
-from offgrid.errors import BadRequestError, OffGridError, PayloadTooLargeError
+from offgrid.config import parse_duration
+from offgrid.errors import BadRequestError, ConfigError, OffGridError, PayloadTooLargeError
 
-__all__ = ["ROUTES", "ProxyApp", "parse_request"]
+__all__ = ["ROUTES", "ProxyApp", "ProxyRequest", "parse_request"]
 
 log = logging.getLogger("offgrid.api")
 
@@ -48,8 +50,17 @@ _SSE_HEADERS = [
 ]
 
 
-def parse_request(body: bytes, required: str) -> tuple[str, bool]:
-    """(model id, stream?) from a request body; BadRequestError for what we cannot accept."""
+@dataclass(frozen=True)
+class ProxyRequest:
+    """What OffGrid reads of a request body; the body itself goes upstream unchanged."""
+
+    model: str
+    stream: bool
+    keep_alive: float | None  # Ollama-style per-request override, in seconds
+
+
+def parse_request(body: bytes, required: str) -> ProxyRequest:
+    """The fields OffGrid owns; BadRequestError for what it cannot accept."""
     try:
         payload = json.loads(body)
     except ValueError as exc:
@@ -64,7 +75,12 @@ def parse_request(body: bytes, required: str) -> tuple[str, bool]:
     stream = payload.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequestError("'stream' must be true or false.", param="stream")
-    return model, stream is True
+    keep_alive = payload.get("keep_alive")
+    try:
+        seconds = None if keep_alive is None else parse_duration(keep_alive)
+    except ConfigError as exc:
+        raise BadRequestError(exc.message, param="keep_alive") from None
+    return ProxyRequest(model, stream is True, seconds)
 
 
 async def _read_body(receive: Receive, limit: int, declared: int) -> bytes:
@@ -124,18 +140,21 @@ class ProxyApp:
             if name == b"content-length":
                 declared = int(value or 0)
         body = await _read_body(receive, self.state.settings.max_request_bytes, declared)
-        model, stream = parse_request(body, required)
+        req = parse_request(body, required)
         relay: Relay = self.state.relay
+        path, stream = scope["path"], req.stream
         target = client_transport(send) if stream else None
         if target is None:
-            upstream = await relay.open(scope["path"], body, model, stream)
+            upstream = await relay.open(path, body, req.model, stream, keep_alive=req.keep_alive)
             if upstream.response.status != 200 or not stream:
                 status, data = await upstream.read_whole()
                 await _send_whole(send, status, data)
                 return
             await self._stream(upstream, receive, send)
             return
-        engine_stream, lease = await relay.open_stream(scope["path"], body, model)
+        engine_stream, lease = await relay.open_stream(
+            path, body, req.model, keep_alive=req.keep_alive
+        )
         try:
             await self._splice(engine_stream, lease.model_id, target, receive, send)
         finally:

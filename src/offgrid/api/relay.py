@@ -84,7 +84,15 @@ class Relay:
         if self._http is not None:
             await self._http.close()
 
-    async def open(self, path: str, body: bytes, model_id: str, stream: bool) -> Upstream:
+    async def open(
+        self,
+        path: str,
+        body: bytes,
+        model_id: str,
+        stream: bool,
+        *,
+        keep_alive: float | None = None,
+    ) -> Upstream:
         """Send ``body`` to ``path`` on the engine of ``model_id`` through the pooled client."""
         http = self._http
         assert http is not None
@@ -93,34 +101,35 @@ class Relay:
         async def post(engine: Engine) -> aiohttp.ClientResponse:
             return await http.post(engine.url + path, data=body, headers=headers)
 
-        response, lease = await self._with_engine(model_id, post)
+        response, lease = await self._with_engine(model_id, post, keep_alive)
         return Upstream(response, lease)
 
     async def open_stream(
-        self, path: str, body: bytes, model_id: str
+        self, path: str, body: bytes, model_id: str, *, keep_alive: float | None = None
     ) -> tuple[EngineStream, Lease]:
         """Send a streamed request on a fresh raw connection, for splicing (``splice``)."""
 
         async def connect(engine: Engine) -> EngineStream:
             return await open_stream(engine.host, engine.port, path, body)
 
-        return await self._with_engine(model_id, connect)
+        return await self._with_engine(model_id, connect, keep_alive)
 
     async def _with_engine(
-        self, model_id: str, send: Callable[[Engine], Awaitable[T]]
+        self, model_id: str, send: Callable[[Engine], Awaitable[T]], keep_alive: float | None
     ) -> tuple[T, Lease]:
-        """Run ``send`` against a leased engine; once more on a fresh lease if the socket was dead.
+        """Run ``send`` against a leased engine; again on a fresh lease if the socket was dead.
 
         A refused connection usually means the engine died: give its exit a moment to be
         noticed, so that the retry's ``acquire()`` starts a new one.
         """
-        for attempt in range(2):
-            lease = await self.scheduler.acquire(model_id)
+        attempts = 3  # a stale pooled socket, then a refused connect to an engine just killed
+        for attempt in range(attempts):
+            lease = await self.scheduler.acquire(model_id, keep_alive=keep_alive)
             try:
                 return await send(lease.engine), lease
             except _RETRYABLE as exc:
                 lease.release()
-                if attempt:
+                if attempt == attempts - 1:
                     raise engine_failed(model_id, exc) from exc
                 if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
                     await lease.engine.wait_exited(1.0)

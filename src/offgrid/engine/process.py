@@ -143,6 +143,7 @@ class Engine:
         self.proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
         self.on_exit: Callable[[Engine], None] | None = None
+        self.exit_reason = ""
 
     @property
     def pid(self) -> int | None:
@@ -228,6 +229,7 @@ class Engine:
         code = await self.proc.wait()
         if self.state not in ("stopping", "stopped"):
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            self.exit_reason = how
             log.error(
                 "engine for %s (pid %s) died with %s; it restarts on the next request. "
                 "Last lines of %s:\n%s",
