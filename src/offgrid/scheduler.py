@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -164,6 +165,7 @@ class Scheduler:
         self._load_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle_changed = asyncio.Event()
 
     # -- requests ---------------------------------------------------------------------
     async def acquire(self, model_id: str, *, keep_alive: float | None = None) -> Lease:
@@ -216,6 +218,7 @@ class Scheduler:
         slot.last_used = self._clock()
         self._hand_over(slot)
         if slot.active == 0 and not slot.waiters:
+            self._idle_changed.set()  # the reaper re-plans its next wake-up
             self._background(self._notify())
             if slot.keep_alive == 0 and slot.engine.model.id not in self.policy.pinned:
                 self._background(self._unload_if_idle(slot))
@@ -322,6 +325,7 @@ class Scheduler:
     async def _reap(self) -> None:
         """Unload idle models whose keep-alive ran out; sleeps until the next one is due."""
         while self._slots:
+            self._idle_changed.clear()
             now = self._clock()
             due = []
             wake = 30.0
@@ -334,7 +338,8 @@ class Scheduler:
             for mid, s in due:
                 if self._slots.get(mid) is s and s.active == 0:
                     await self._unload(mid, "after its keep-alive")
-            await asyncio.sleep(max(0.05, wake))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle_changed.wait(), max(0.05, wake))
 
     # -- admin ------------------------------------------------------------------------
     async def load(self, model_id: str, *, keep_alive: float | None = None) -> Engine:

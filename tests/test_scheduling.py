@@ -1,0 +1,178 @@
+"""The scheduler with the real engine: one load per model, eviction, keep-alive, queues."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from conftest import GEMMA_ID, STARTER_ID, Server, link_models, start_server, wait_for
+from offgrid.engine.build import EngineBinary
+
+SMOL = f"{STARTER_ID}.gguf"
+HELLO = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture
+def models(tmp_path: Path, model_store: Path) -> Path:
+    """The starter under two more names, and Gemma: three models, two of them tiny."""
+    return link_models(
+        model_store,
+        tmp_path / "models",
+        {"a.gguf": SMOL, "b.gguf": SMOL, "c.gguf": SMOL, f"{GEMMA_ID}.gguf": f"{GEMMA_ID}.gguf"},
+    )
+
+
+def chat(srv: Server, model: str, **extra: object) -> requests.Response:
+    body = {"model": model, "messages": HELLO, "max_tokens": 2, **extra}
+    return requests.post(f"{srv.url}/v1/chat/completions", json=body, timeout=120)
+
+
+def loaded(srv: Server) -> set[str]:
+    return {str(m["id"]) for m in srv.ps() if m.get("state") == "ready"}
+
+
+def engines_for(path: Path) -> int:
+    count = 0
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].endswith("llama-server") and str(path) in cmd:
+            count += 1
+    return count
+
+
+def test_concurrent_requests_to_a_cold_model_start_one_engine(
+    tmp_path: Path, models: Path, engine_binary: EngineBinary
+) -> None:
+    srv = start_server(tmp_path, models, engine_binary)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda _: chat(srv, "a").status_code, range(6)))
+        assert codes == [200] * 6
+        assert engines_for(models / "a.gguf") == 1
+    finally:
+        srv.stop()
+
+
+def test_third_model_evicts_least_recently_used_idle_one(
+    tmp_path: Path, models: Path, engine_binary: EngineBinary
+) -> None:
+    srv = start_server(tmp_path, models, engine_binary, OFFGRID_MAX_LOADED_MODELS="2")
+    try:
+        assert chat(srv, "a").status_code == 200
+        assert chat(srv, "b").status_code == 200
+        assert chat(srv, "a").status_code == 200  # a is now the most recently used
+        assert chat(srv, "c").status_code == 200
+        assert loaded(srv) == {"a", "c"}
+        assert engines_for(models / "b.gguf") == 0
+    finally:
+        srv.stop()
+
+
+def test_a_model_serving_a_request_is_not_evicted(
+    tmp_path: Path, models: Path, engine_binary: EngineBinary
+) -> None:
+    srv = start_server(tmp_path, models, engine_binary, OFFGRID_MAX_LOADED_MODELS="1")
+    try:
+        assert chat(srv, "a").status_code == 200
+        events: list[str] = []
+        first_chunk = threading.Event()
+
+        def long_stream() -> None:
+            body = {
+                "model": "a",
+                "messages": HELLO,
+                "max_tokens": 200,
+                "stream": True,
+                "ignore_eos": True,
+            }
+            with requests.post(
+                f"{srv.url}/v1/chat/completions", json=body, stream=True, timeout=120
+            ) as resp:
+                for line in resp.iter_lines():
+                    if line.startswith(b"data: "):
+                        first_chunk.set()
+                events.append("a done")
+
+        t = threading.Thread(target=long_stream)
+        t.start()
+        assert first_chunk.wait(60)
+        assert chat(srv, "b").status_code == 200  # waits for a's stream, then swaps
+        events.append("b done")
+        t.join(60)
+        assert events == ["a done", "b done"]
+        assert loaded(srv) == {"b"}
+    finally:
+        srv.stop()
+
+
+def test_keep_alive_zero_and_minus_one(
+    tmp_path: Path, models: Path, engine_binary: EngineBinary
+) -> None:
+    srv = start_server(tmp_path, models, engine_binary, OFFGRID_KEEP_ALIVE="1s")
+    try:
+        assert chat(srv, "a", keep_alive=-1).status_code == 200  # never unloads
+        assert chat(srv, "b").status_code == 200  # server default: 1 s
+        assert chat(srv, "c", keep_alive=0).status_code == 200  # unloads at once
+        wait_for(lambda: "c" not in loaded(srv), 10, "c to unload at once")
+        wait_for(lambda: "b" not in loaded(srv), 10, "b to unload after 1 s")
+        assert "a" in loaded(srv)
+        rows = {m["id"]: m for m in srv.ps()}
+        assert rows["a"]["keep_alive"] == -1 and rows["a"]["expires_at"] is None
+    finally:
+        srv.stop()
+
+
+def test_full_queue_gives_429_with_retry_after(
+    tmp_path: Path, models: Path, engine_binary: EngineBinary
+) -> None:
+    srv = start_server(tmp_path, models, engine_binary, OFFGRID_PARALLEL="1", OFFGRID_MAX_QUEUE="1")
+    try:
+        assert chat(srv, "a").status_code == 200
+        started = threading.Event()
+        body = {
+            "model": "a",
+            "messages": HELLO,
+            "max_tokens": 300,
+            "stream": True,
+            "ignore_eos": True,
+        }
+
+        def stream() -> None:
+            with requests.post(
+                f"{srv.url}/v1/chat/completions", json=body, stream=True, timeout=120
+            ) as resp:
+                for _ in resp.iter_lines():
+                    started.set()
+
+        runner = threading.Thread(target=stream)
+        runner.start()
+        assert started.wait(60)
+        queued = threading.Thread(target=lambda: chat(srv, "a"))
+        queued.start()
+        wait_for(lambda: srv.ps()[0].get("queued_requests") == 1, 10, "one queued request")
+        resp = chat(srv, "a")
+        assert resp.status_code == 429
+        assert int(resp.headers["Retry-After"]) > 0
+        assert resp.json()["error"]["code"] == "overloaded"
+        runner.join(120)
+        queued.join(120)
+    finally:
+        srv.stop()
+
+
+def test_admin_load_and_unload(tmp_path: Path, models: Path, engine_binary: EngineBinary) -> None:
+    srv = start_server(tmp_path, models, engine_binary)
+    try:
+        r = requests.post(f"{srv.url}/api/models/a/load", json={"keep_alive": "-1"}, timeout=120)
+        assert r.status_code == 200 and r.json()["pid"]
+        assert loaded(srv) == {"a"}
+        assert requests.post(f"{srv.url}/api/models/a/unload", timeout=60).json()["unloaded"]
+        assert loaded(srv) == set()
+        assert requests.post(f"{srv.url}/api/models/zzz/load", timeout=60).status_code == 404
+    finally:
+        srv.stop()
