@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from offgrid.config import load_settings
+from offgrid.config import load_settings, parse_aliases, parse_duration, parse_model_settings
 from offgrid.errors import ConfigError
 
 
@@ -61,3 +61,30 @@ def test_bad_env_value_names_the_setting() -> None:
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Cannot read"):
         load_settings({"OFFGRID_CONFIG": str(tmp_path / "absent.yaml")})
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"OFFGRID_MODEL_ALIASES": "gpt-4"}, "name=model-id"),
+        ({"OFFGRID_MODEL_SETTINGS": "{not json"}, "not valid JSON"),
+        ({"OFFGRID_MODEL_SETTINGS": '{"m": {"ctx": 1}}'}, "Unknown settings.*ctx"),
+        ({"OFFGRID_KEEP_ALIVE": "soon"}, "not a duration"),
+    ],
+)
+def test_scheduler_settings_are_checked(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(env)
+
+
+def test_aliases_and_model_settings_from_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "models:\n  aliases:\n    gpt-4o-mini: small\n"
+        "  settings:\n    small:\n      context_size: 1024\n"
+        "scheduler:\n  keep_alive: 10m\n  pinned_models: [small, other]\n"
+    )
+    s = load_settings({"OFFGRID_CONFIG": str(cfg)})
+    assert parse_aliases(s.model_aliases) == {"gpt-4o-mini": "small"}
+    assert parse_model_settings(s.model_settings) == {"small": {"context_size": 1024}}
+    assert parse_duration(s.keep_alive) == 600 and s.pinned_models == "small,other"

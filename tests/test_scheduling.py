@@ -176,3 +176,29 @@ def test_admin_load_and_unload(tmp_path: Path, models: Path, engine_binary: Engi
         assert requests.post(f"{srv.url}/api/models/zzz/load", timeout=60).status_code == 404
     finally:
         srv.stop()
+
+
+def test_aliases_and_per_model_settings(
+    tmp_path: Path, models: Path, engine_binary: EngineBinary
+) -> None:
+    srv = start_server(
+        tmp_path,
+        models,
+        engine_binary,
+        OFFGRID_MODEL_ALIASES="gpt-4o-mini=a",
+        OFFGRID_MODEL_SETTINGS='{"a": {"context_size": 512, "parallel": 2,'
+        ' "extra_args": ["--temp", "0.5"]}}',
+    )
+    try:
+        client = srv.client()
+        assert "gpt-4o-mini" in {m.id for m in client.models.list().data}
+        resp = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+        assert resp.choices[0].message.content is not None
+        [row] = srv.ps()
+        assert row["id"] == "a" and row["parallel"] == 2
+        cmd = psutil.Process(int(str(row["pid"]))).cmdline()
+        assert cmd[cmd.index("--ctx-size") + 1] == "1024"  # 512 per request, 2 slots
+        assert cmd[cmd.index("--parallel") + 1] == "2"
+        assert cmd[-2:] == ["--temp", "0.5"]
+    finally:
+        srv.stop()

@@ -25,7 +25,9 @@ __all__ = [
     "Settings",
     "config_file_path",
     "load_settings",
+    "parse_aliases",
     "parse_duration",
+    "parse_model_settings",
 ]
 
 
@@ -71,6 +73,8 @@ class Settings:
     max_queue: int = 64
     keep_alive: str = "5m"
     pinned_models: str = ""
+    model_aliases: str = ""
+    model_settings: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, **values: Any) -> Settings:
@@ -157,7 +161,53 @@ FIELDS: tuple[Setting, ...] = (
         "scheduler.pinned_models",
         "Comma-separated model ids that never unload",
     ),
+    Setting(
+        "model_aliases",
+        "OFFGRID_MODEL_ALIASES",
+        "models.aliases",
+        "Other names for models, name=id,... (e.g. gpt-4o-mini=SmolLM2-135M-Instruct.Q4_1)",
+    ),
+    Setting(
+        "model_settings",
+        "OFFGRID_MODEL_SETTINGS",
+        "models.settings",
+        "Per-model context_size, parallel, threads, gpu_layers, extra_args (JSON in env)",
+    ),
 )
+
+MODEL_SETTING_KEYS = {"context_size", "parallel", "threads", "gpu_layers", "extra_args"}
+
+
+def parse_aliases(text: str) -> dict[str, str]:
+    """``"a=x,b=y"`` → ``{"a": "x", "b": "y"}``."""
+    aliases = {}
+    for item in text.split(","):
+        if item.strip():
+            name, sep, target = item.partition("=")
+            if not sep or not name.strip() or not target.strip():
+                raise ConfigError(f"Model alias '{item}' must look like name=model-id")
+            aliases[name.strip()] = target.strip()
+    return aliases
+
+
+def parse_model_settings(text: str) -> dict[str, dict[str, Any]]:
+    """Per-model engine settings from JSON: ``{"model-id": {"context_size": 2048, ...}}``."""
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"Model settings are not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError("Model settings must map model ids to mappings of settings")
+    for model_id, values in data.items():
+        unknown = set(values) - MODEL_SETTING_KEYS
+        if unknown:
+            raise ConfigError(
+                f"Unknown settings for model '{model_id}': {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(MODEL_SETTING_KEYS))})"
+            )
+    return data
 
 
 def parse_duration(value: str | float) -> float:
@@ -191,6 +241,10 @@ def _coerce(name: str, value: Any) -> Any:
         return float(value)
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
+    if isinstance(value, dict):  # a mapping in the config file
+        if name == "model_aliases":
+            return ",".join(f"{k}={v}" for k, v in value.items())
+        return json.dumps(value)
     return str(value)
 
 
@@ -250,11 +304,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for name, value in values.items():
         try:
             coerced[name] = _coerce(name, value)
-            if name == "keep_alive":
-                parse_duration(coerced[name])
-        except (ValueError, ConfigError):
+            check = {
+                "keep_alive": parse_duration,
+                "model_aliases": parse_aliases,
+                "model_settings": parse_model_settings,
+            }.get(name)
+            if check:
+                check(coerced[name])
+        except (ValueError, ConfigError) as exc:
             where = sources.get(name, "default")
+            detail = f": {exc.message}" if isinstance(exc, ConfigError) else ""
             raise ConfigError(
-                f"Setting {name} has an invalid value {value!r} (from {where})"
+                f"Setting {name} has an invalid value {value!r} (from {where}){detail}"
             ) from None
     return Settings(**coerced, sources=sources)

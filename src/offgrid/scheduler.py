@@ -27,7 +27,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,10 @@ class Policy:
     keep_alive: float = 300.0
     pinned: frozenset[str] = frozenset()
     reserve: int = 256 * 1024 * 1024  # memory left free for the system
+    parallel_by_model: Mapping[str, int] = field(default_factory=dict)
+
+    def parallel_of(self, model_id: str) -> int:
+        return self.parallel_by_model.get(model_id, self.parallel)
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ class Scheduler:
                 self._loading[model_id] = task
                 task.add_done_callback(lambda _t: self._loading.pop(model_id, None))
             slot = await asyncio.shield(task)
-        if slot.active >= self.policy.parallel:
+        if slot.active >= self.policy.parallel_of(model_id):
             await self._wait_turn(model_id, slot)
         slot.active += 1
         slot.last_used = self._clock()
@@ -207,7 +211,7 @@ class Scheduler:
 
     def _hand_over(self, slot: _Slot) -> None:
         """Give a freed place to the first waiter still waiting."""
-        while slot.waiters and slot.active < self.policy.parallel:
+        while slot.waiters and slot.active < self.policy.parallel_of(slot.engine.model.id):
             turn = slot.waiters.popleft()
             if not turn.done():
                 turn.set_result(None)
@@ -378,7 +382,7 @@ class Scheduler:
                     "memory_bytes": s.memory,
                     "active_requests": s.active,
                     "queued_requests": len(s.waiters),
-                    "parallel": self.policy.parallel,
+                    "parallel": self.policy.parallel_of(mid),
                     "pinned": pinned,
                     "keep_alive": s.keep_alive,
                     "expires_at": expires,

@@ -42,7 +42,8 @@ async def load_model(
             keep_alive = parse_duration(body.keep_alive)
         except ConfigError as exc:
             raise BadRequestError(exc.message, param="keep_alive") from None
-    engine = await _scheduler(request).load(model_id, keep_alive=keep_alive)
+    target = request.app.state.aliases.get(model_id, model_id)
+    engine = await _scheduler(request).load(target, keep_alive=keep_alive)
     return {"id": model_id, "state": engine.state, "pid": engine.pid, "port": engine.port}
 
 

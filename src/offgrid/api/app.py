@@ -6,6 +6,7 @@ that is stopped (Ctrl-C, SIGTERM) leaves no child behind.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from offgrid.api.errors import install_error_handlers
 from offgrid.api.openai_routes import router as openai_router
 from offgrid.api.proxy import ROUTES, ProxyApp
 from offgrid.api.relay import Relay
-from offgrid.config import Settings, parse_duration
+from offgrid.config import Settings, parse_aliases, parse_duration, parse_model_settings
 from offgrid.engine.build import EngineBinary, find_engine
 from offgrid.engine.process import Engine, EngineOptions
 from offgrid.models.registry import ModelInfo, Registry
@@ -28,23 +29,40 @@ from offgrid.scheduler import Policy, Scheduler
 __all__ = ["create_app", "engine_options", "make_starter", "scheduler_policy"]
 
 
-def engine_options(settings: Settings) -> EngineOptions:
+@functools.lru_cache(maxsize=8)
+def _model_settings(text: str) -> dict[str, dict[str, Any]]:
+    return parse_model_settings(text)
+
+
+def engine_options(settings: Settings, model_id: str = "") -> EngineOptions:
+    """How to run ``model_id``: the global settings, with its per-model settings on top."""
+    own = _model_settings(settings.model_settings).get(model_id, {})
     return EngineOptions(
-        context=settings.max_context,
-        parallel=settings.parallel,
-        threads=settings.num_threads,
-        gpu_layers=settings.gpu_layers,
+        context=int(own.get("context_size", settings.max_context)),
+        parallel=max(1, int(own.get("parallel", settings.parallel))),
+        threads=int(own.get("threads", settings.num_threads)),
+        gpu_layers=int(own.get("gpu_layers", settings.gpu_layers)),
+        extra_args=tuple(str(a) for a in own.get("extra_args", ())),
     )
 
 
 def scheduler_policy(settings: Settings) -> Policy:
     pinned = {m.strip() for m in settings.pinned_models.split(",") if m.strip()}
+    per_model = _model_settings(settings.model_settings)
     return Policy(
         max_loaded=max(1, settings.max_loaded_models),
         max_queue=max(0, settings.max_queue),
         parallel=max(1, settings.parallel),
         keep_alive=parse_duration(settings.keep_alive),
         pinned=frozenset(pinned),
+        parallel_by_model={m: engine_options(settings, m).parallel for m in per_model},
+    )
+
+
+def estimate(settings: Settings, model: ModelInfo) -> int:
+    options = engine_options(settings, model.id)
+    return estimate_model_memory(
+        model.size, model.gguf, context=options.context, parallel=options.parallel
     )
 
 
@@ -56,7 +74,7 @@ def make_starter(settings: Settings) -> Callable[[ModelInfo], Awaitable[Engine]]
         return await Engine.start(
             binary,
             model,
-            engine_options(settings),
+            engine_options(settings, model.id),
             log_dir=settings.cache_dir / "logs",
             timeout=settings.load_timeout,
         )
@@ -108,14 +126,13 @@ def create_app(settings: Settings) -> ProxyApp:
             registry,
             make_starter(settings),
             policy=scheduler_policy(settings),
-            estimate=lambda m: estimate_model_memory(
-                m.size, m.gguf, context=settings.max_context, parallel=settings.parallel
-            ),
+            estimate=functools.partial(estimate, settings),
             available=available_memory,
         )
         relay = Relay(scheduler)
         await relay.start()
         app.state.settings, app.state.registry = settings, registry
+        app.state.aliases = parse_aliases(settings.model_aliases)
         app.state.scheduler, app.state.relay = scheduler, relay
         try:
             yield

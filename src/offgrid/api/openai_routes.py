@@ -33,10 +33,15 @@ async def health() -> dict[str, str]:
 async def list_models(request: Request) -> dict[str, Any]:
     registry: Registry = request.app.state.registry
     models = await asyncio.to_thread(registry.list)
-    return {"object": "list", "data": [_model_card(m) for m in models]}
+    cards = [_model_card(m) for m in models]
+    by_id = {c["id"]: c for c in cards}
+    aliases: dict[str, str] = request.app.state.aliases
+    cards += [{**by_id[t], "id": a} for a, t in aliases.items() if t in by_id]
+    return {"object": "list", "data": cards}
 
 
 @router.get("/v1/models/{model_id}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     registry: Registry = request.app.state.registry
-    return _model_card(await asyncio.to_thread(registry.get, model_id))
+    target = request.app.state.aliases.get(model_id, model_id)
+    return {**_model_card(await asyncio.to_thread(registry.get, target)), "id": model_id}

@@ -141,20 +141,19 @@ class ProxyApp:
                 declared = int(value or 0)
         body = await _read_body(receive, self.state.settings.max_request_bytes, declared)
         req = parse_request(body, required)
+        model = self.state.aliases.get(req.model, req.model)
         relay: Relay = self.state.relay
         path, stream = scope["path"], req.stream
         target = client_transport(send) if stream else None
         if target is None:
-            upstream = await relay.open(path, body, req.model, stream, keep_alive=req.keep_alive)
+            upstream = await relay.open(path, body, model, stream, keep_alive=req.keep_alive)
             if upstream.response.status != 200 or not stream:
                 status, data = await upstream.read_whole()
                 await _send_whole(send, status, data)
                 return
             await self._stream(upstream, receive, send)
             return
-        engine_stream, lease = await relay.open_stream(
-            path, body, req.model, keep_alive=req.keep_alive
-        )
+        engine_stream, lease = await relay.open_stream(path, body, model, keep_alive=req.keep_alive)
         try:
             await self._splice(engine_stream, lease.model_id, target, receive, send)
         finally:
