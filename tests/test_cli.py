@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,33 @@ def test_config_validate_rejects_bad_values(tmp_path: Path) -> None:
     cfg.write_text("server:\n  port: lots\n")
     proc = run_cli("config", "validate", str(cfg), env=dict(os.environ))
     assert proc.returncode == 1 and "port" in proc.stderr
+
+
+def test_benchmark_json_reports_every_level(server: Server) -> None:
+    proc = run_cli(
+        "benchmark",
+        STARTER_ID,
+        "--concurrency",
+        "1,2",
+        "--max-tokens",
+        "8",
+        "--rounds",
+        "1",
+        "--json",
+        env=server.env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [lvl["concurrency"] for lvl in report["levels"]] == [1, 2]
+    for lvl in report["levels"]:
+        assert lvl["ttft_ms_median"] > 0 and lvl["aggregate_tokens_per_s"] > 0
+        assert lvl["prompt_tokens_per_s"] > 0 and lvl["generation_tokens_per_s"] > 0
+
+
+def test_ps_load_and_stop(server: Server) -> None:
+    assert "loaded" in run_cli("load", GEMMA_ID, env=server.env).stdout
+    out = run_cli("ps", env={**server.env, "COLUMNS": "200"}).stdout
+    assert GEMMA_ID in out
+    assert "unloaded" in run_cli("stop", GEMMA_ID, env=server.env).stdout
+    proc = run_cli("ps", env=server.env)
+    assert GEMMA_ID not in proc.stdout

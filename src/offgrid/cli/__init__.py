@@ -26,9 +26,9 @@ err_console = Console(stderr=True)
 
 
 def _register() -> None:
-    from offgrid.cli import chat, config_cmd, info, models, running, serve, setup
+    from offgrid.cli import bench_cmd, chat, config_cmd, info, models, running, serve, setup
 
-    for module in (serve, chat, models, running, info, setup, config_cmd):
+    for module in (serve, chat, models, running, bench_cmd, info, setup, config_cmd):
         module.register(app)
 
 

@@ -96,7 +96,12 @@ class EngineBinary:
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"unknown ({exc})"
         lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("version")]
-        return lines[0].removeprefix("version: ") if lines else "unknown"
+        version = lines[0].removeprefix("version: ") if lines else "unknown"
+        meta = self.path.parent.parent / "ENGINE.json"
+        if meta.is_file():  # sdist builds know no git commit: say which sources they are
+            src = json.loads(meta.read_text())["source"]
+            version += f", llama.cpp {src['llama_commit']} from {src['project']} {src['version']}"
+        return version
 
 
 @dataclass(frozen=True)
