@@ -181,7 +181,13 @@ class Engine:
             await engine.stop()
             raise
         engine.state = "ready"
-        log.info("engine for %s ready on port %d (pid %s)", model.id, port, engine.pid)
+        log.info(
+            "engine for %s ready on port %d (pid %s) in %.2f s",
+            model.id,
+            port,
+            engine.pid,
+            time.time() - engine.started_at,
+        )
         return engine
 
     async def _spawn(self) -> None:
