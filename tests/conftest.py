@@ -169,6 +169,21 @@ def server(
     srv.stop()
 
 
+def stream_data(url: str, model: str, **body: object) -> Iterator[bytes]:
+    """The ``data:`` lines of a streamed chat completion, yielded as they arrive.
+
+    Closing the generator early closes the connection, as a client that goes away does.
+    """
+    payload = {"model": model, "messages": [{"role": "user", "content": "Hi"}], **body}
+    with requests.post(
+        f"{url}/v1/chat/completions", json={**payload, "stream": True}, stream=True, timeout=120
+    ) as resp:
+        assert resp.status_code == 200, resp.text
+        for line in resp.iter_lines():
+            if line.startswith(b"data: "):
+                yield line
+
+
 def llama_server_pids() -> set[int]:
     pids = set()
     for p in psutil.process_iter(["name", "cmdline"]):

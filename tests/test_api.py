@@ -12,7 +12,7 @@ import openai
 import pytest
 import requests
 
-from conftest import GEMMA_ID, STARTER_ID, Server, wait_for
+from conftest import GEMMA_ID, STARTER_ID, Server, stream_data, wait_for
 
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
 
@@ -148,21 +148,16 @@ def test_client_that_drops_mid_stream_frees_its_slot(server: Server) -> None:
     def busy() -> int:
         return sum(1 for s in requests.get(slots_url, timeout=5).json() if s["is_processing"])
 
-    with requests.post(
-        f"{server.url}/v1/chat/completions",
-        json={
-            "model": STARTER_ID,
-            "messages": [{"role": "user", "content": "Write a very long essay about rivers."}],
-            "max_tokens": 4000,
-            "stream": True,
-        },
-        stream=True,
-        timeout=60,
-    ) as resp:
-        lines = resp.iter_lines()
-        for _ in range(5):
-            next(lines)
-        assert busy() == 1
+    lines = stream_data(
+        server.url,
+        STARTER_ID,
+        messages=[{"role": "user", "content": "Write a very long essay about rivers."}],
+        max_tokens=4000,
+    )
+    for _ in range(5):
+        next(lines)
+    assert busy() == 1
+    lines.close()  # the client goes away mid-stream
     wait_for(lambda: busy() == 0, 10, "the engine slot to be freed")
     assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
 
@@ -281,20 +276,7 @@ def test_sse_chunks_arrive_as_they_are_made(server: Server) -> None:
     """The relay must not buffer: the first chunk comes long before the last one."""
     arrivals: list[float] = []
     start = time.monotonic()
-    with requests.post(
-        f"{server.url}/v1/chat/completions",
-        json={
-            "model": STARTER_ID,
-            "messages": HELLO,
-            "max_tokens": 60,
-            "stream": True,
-            "ignore_eos": True,
-        },
-        stream=True,
-        timeout=60,
-    ) as resp:
-        for line in resp.iter_lines():
-            if line.startswith(b"data: "):
-                arrivals.append(time.monotonic() - start)
+    for _ in stream_data(server.url, STARTER_ID, max_tokens=60, ignore_eos=True):
+        arrivals.append(time.monotonic() - start)
     assert len(arrivals) > 30
     assert arrivals[0] < arrivals[-1] / 2, arrivals[:3] + arrivals[-3:]

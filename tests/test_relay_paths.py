@@ -14,7 +14,7 @@ import pytest
 import requests
 import uvicorn
 
-from conftest import STARTER_ID, link_models, wait_for
+from conftest import STARTER_ID, link_models, stream_data, wait_for
 from offgrid.api.app import create_app
 from offgrid.config import load_settings
 from offgrid.engine.process import free_port
@@ -47,18 +47,8 @@ def relay_url(request: pytest.FixtureRequest, tmp_path: Path, model_store: Path)
 
 
 def sse_events(url: str, **body: object) -> list[dict[str, object]]:
-    with requests.post(
-        f"{url}/v1/chat/completions",
-        json={"model": STARTER_ID, "messages": [], "stream": True, **body},
-        stream=True,
-        timeout=30,
-    ) as resp:
-        assert resp.status_code == 200
-        return [
-            json.loads(line[6:])
-            for line in resp.iter_lines()
-            if line.startswith(b"data: ") and line != b"data: [DONE]"
-        ]
+    lines = stream_data(url, STARTER_ID, messages=[], **body)
+    return [json.loads(line[6:]) for line in lines if line != b"data: [DONE]"]
 
 
 def test_stream_arrives_whole_on_both_paths(relay_url: str) -> None:
@@ -74,16 +64,9 @@ def test_engine_death_mid_stream_ends_with_error_event(relay_url: str) -> None:
         pid = requests.get(f"{relay_url}/api/ps", timeout=5).json()["models"]
     engine = pid[0]["pid"]
     seen: list[bytes] = []
-    with requests.post(
-        f"{relay_url}/v1/chat/completions",
-        json={"model": STARTER_ID, "messages": [], "stream": True, "max_tokens": 100000},
-        stream=True,
-        timeout=30,
-    ) as resp:
-        for line in resp.iter_lines():
-            if line.startswith(b"data: "):
-                seen.append(line)
-                if len(seen) == 3:
-                    os.kill(engine, signal.SIGKILL)
+    for line in stream_data(relay_url, STARTER_ID, messages=[], max_tokens=100000):
+        seen.append(line)
+        if len(seen) == 3:
+            os.kill(engine, signal.SIGKILL)
     assert b'"error"' in seen[-1]
     assert len(sse_events(relay_url, max_tokens=3)) == 4  # and the next request works

@@ -10,7 +10,15 @@ import psutil
 import pytest
 import requests
 
-from conftest import GEMMA_ID, STARTER_ID, Server, link_models, start_server, wait_for
+from conftest import (
+    GEMMA_ID,
+    STARTER_ID,
+    Server,
+    link_models,
+    start_server,
+    stream_data,
+    wait_for,
+)
 from offgrid.engine.build import EngineBinary
 
 SMOL = f"{STARTER_ID}.gguf"
@@ -83,20 +91,9 @@ def test_a_model_serving_a_request_is_not_evicted(
         first_chunk = threading.Event()
 
         def long_stream() -> None:
-            body = {
-                "model": "a",
-                "messages": HELLO,
-                "max_tokens": 200,
-                "stream": True,
-                "ignore_eos": True,
-            }
-            with requests.post(
-                f"{srv.url}/v1/chat/completions", json=body, stream=True, timeout=120
-            ) as resp:
-                for line in resp.iter_lines():
-                    if line.startswith(b"data: "):
-                        first_chunk.set()
-                events.append("a done")
+            for _ in stream_data(srv.url, "a", max_tokens=200, ignore_eos=True):
+                first_chunk.set()
+            events.append("a done")
 
         t = threading.Thread(target=long_stream)
         t.start()
@@ -134,20 +131,10 @@ def test_full_queue_gives_429_with_retry_after(
     try:
         assert chat(srv, "a").status_code == 200
         started = threading.Event()
-        body = {
-            "model": "a",
-            "messages": HELLO,
-            "max_tokens": 300,
-            "stream": True,
-            "ignore_eos": True,
-        }
 
         def stream() -> None:
-            with requests.post(
-                f"{srv.url}/v1/chat/completions", json=body, stream=True, timeout=120
-            ) as resp:
-                for _ in resp.iter_lines():
-                    started.set()
+            for _ in stream_data(srv.url, "a", max_tokens=300, ignore_eos=True):
+                started.set()
 
         runner = threading.Thread(target=stream)
         runner.start()

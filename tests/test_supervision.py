@@ -7,9 +7,16 @@ import signal
 from pathlib import Path
 
 import pytest
-import requests
 
-from conftest import STARTER_ID, Server, link_models, llama_server_pids, start_server, wait_for
+from conftest import (
+    STARTER_ID,
+    Server,
+    link_models,
+    llama_server_pids,
+    start_server,
+    stream_data,
+    wait_for,
+)
 from offgrid.engine.build import EngineBinary
 
 HELLO = [{"role": "user", "content": "Hi"}]
@@ -30,24 +37,10 @@ def test_engine_killed_mid_stream_ends_stream_with_error_event(server: Server) -
     server.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=1)
     pid = server.engine_pid(STARTER_ID)
     events: list[bytes] = []
-    with requests.post(
-        f"{server.url}/v1/chat/completions",
-        json={
-            "model": STARTER_ID,
-            "messages": HELLO,
-            "max_tokens": 2000,
-            "stream": True,
-            "ignore_eos": True,
-        },
-        stream=True,
-        timeout=60,
-    ) as resp:
-        for line in resp.iter_lines():
-            if not line.startswith(b"data: "):
-                continue
-            events.append(line)
-            if len(events) == 3:
-                os.kill(pid, signal.SIGKILL)
+    for line in stream_data(server.url, STARTER_ID, max_tokens=2000, ignore_eos=True):
+        events.append(line)
+        if len(events) == 3:
+            os.kill(pid, signal.SIGKILL)
     assert b'"error"' in events[-1], events[-3:]
     resp2 = server.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
     assert resp2.choices[0].message.content is not None
