@@ -21,15 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import psutil
 
 from offgrid.config import load_settings
-from offgrid.engine.build import find_engine
+from offgrid.engine.build import EngineBinary, find_engine
 from offgrid.engine.process import EngineOptions, build_argv, free_port
-from offgrid.models.registry import Registry
+from offgrid.models.registry import ModelInfo, Registry
 from offgrid.models.starter import STARTER, place_model
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
@@ -104,43 +105,68 @@ def wait_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -
     sys.exit(f"{url}: not healthy in time")
 
 
-async def run(args: argparse.Namespace) -> None:
-    settings = load_settings()
-    binary = find_engine(settings)
-    tmp = Path(tempfile.mkdtemp(prefix="offgrid-bench-"))
-    models = tmp / "models"
-    models.mkdir()
-    store = settings.cache_dir / "test-models"
-    os.link(
-        place_model(STARTER, store, settings.cache_dir / "downloads"), models / STARTER.file_name
-    )
-    model = Registry(models, tmp / "index.sqlite").get(STARTER.model_id)
-    options = EngineOptions(context=4096, parallel=4, threads=args.threads)
+@dataclass
+class Bench:
+    """A temp folder with the starter model under the given names, and how to serve it."""
 
+    binary: EngineBinary
+    tmp: Path
+    models: Path
+    threads: int
+
+    @classmethod
+    def make(cls, names: list[str], threads: int) -> Bench:
+        settings = load_settings()
+        tmp = Path(tempfile.mkdtemp(prefix="offgrid-bench-"))
+        models = tmp / "models"
+        models.mkdir()
+        store, downloads = settings.cache_dir / "test-models", settings.cache_dir / "downloads"
+        src = place_model(STARTER, store, downloads)
+        for name in names:
+            os.link(src, models / f"{name}.gguf")
+        return cls(find_engine(settings), tmp, models, threads)
+
+    def model(self, model_id: str) -> ModelInfo:
+        return Registry(self.models, self.tmp / "index.sqlite").get(model_id)
+
+    def options(self) -> EngineOptions:
+        return EngineOptions(context=4096, parallel=4, threads=self.threads)
+
+    def start_direct(self, model_id: str, port: int, log_name: str) -> subprocess.Popen[bytes]:
+        """llama-server started directly, with the argv OffGrid would use."""
+        log = (self.tmp / log_name).open("wb")
+        argv = build_argv(self.binary.path, self.model(model_id), self.options(), port)
+        return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+
+    def start_offgrid(self, port: int, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / "offgrid.log").open("wb")
+        full_env = {
+            **os.environ,
+            "OFFGRID_PORT": str(port),
+            "OFFGRID_MODELS_DIR": str(self.models),
+            "OFFGRID_CACHE_DIR": str(self.tmp / "cache"),
+            "OFFGRID_LLAMA_SERVER": str(self.binary.path),
+            "OFFGRID_NUM_THREADS": str(self.threads),
+            "OFFGRID_MAX_CONTEXT": "4096",
+            "OFFGRID_PARALLEL": "4",
+            "OFFGRID_LOG_LEVEL": "warning",
+            **env,
+        }
+        argv = [sys.executable, "-m", "offgrid", "serve"]
+        return subprocess.Popen(argv, env=full_env, stdout=log, stderr=log)
+
+
+async def run(args: argparse.Namespace) -> None:
+    bench = Bench.make([STARTER.model_id], args.threads)
+    model = bench.model(STARTER.model_id)
+    binary = bench.binary
     direct_port, og_port = free_port(), free_port()
     direct_url, og_url = f"http://127.0.0.1:{direct_port}", f"http://127.0.0.1:{og_port}"
-    argv = build_argv(binary.path, model, options, direct_port)
-    log = (tmp / "direct.log").open("wb")
-    direct = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
-    env = {
-        **os.environ,
-        "OFFGRID_PORT": str(og_port),
-        "OFFGRID_MODELS_DIR": str(models),
-        "OFFGRID_CACHE_DIR": str(tmp / "cache"),
-        "OFFGRID_LLAMA_SERVER": str(binary.path),
-        "OFFGRID_NUM_THREADS": str(args.threads),
-        "OFFGRID_MAX_CONTEXT": "4096",
-        "OFFGRID_PARALLEL": "4",
-        "OFFGRID_LOG_LEVEL": "warning",
-    }
-    ologf = (tmp / "offgrid.log").open("wb")
+    direct = bench.start_direct(model.id, direct_port, "direct.log")
     if args.aa:  # A/A check: a second direct engine in OffGrid's place shows the noise floor
-        argv_b = build_argv(binary.path, model, options, og_port)
-        offgrid = subprocess.Popen(argv_b, stdout=ologf, stderr=ologf, start_new_session=True)
+        offgrid = bench.start_direct(model.id, og_port, "direct-b.log")
     else:
-        offgrid = subprocess.Popen(
-            [sys.executable, "-m", "offgrid", "serve"], env=env, stdout=ologf, stderr=ologf
-        )
+        offgrid = bench.start_offgrid(og_port)
     try:
         wait_health(direct_url, direct)
         wait_health(og_url, offgrid)

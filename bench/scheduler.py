@@ -15,23 +15,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 import requests
 
-from offgrid.config import load_settings
-from offgrid.engine.build import find_engine
-from offgrid.engine.process import EngineOptions, build_argv, free_port
-from offgrid.models.registry import Registry
-from offgrid.models.starter import STARTER, place_model
-from relay import decode_rate, stream_once, wait_health
+from offgrid.engine.process import build_argv, free_port
+from offgrid.models.starter import STARTER
+from relay import Bench, decode_rate, stream_once, wait_health
 
 
 async def aggregate_rate(url: str, model: str, streams: int, max_tokens: int) -> float:
@@ -76,39 +70,18 @@ async def offgrid_cold(url: str, model: str) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    settings = load_settings()
-    binary = find_engine(settings)
-    tmp = Path(tempfile.mkdtemp(prefix="offgrid-bench-"))
-    models = tmp / "models"
-    models.mkdir()
-    src = place_model(STARTER, settings.cache_dir / "test-models", settings.cache_dir / "downloads")
-    for name in ("a.gguf", "b.gguf"):
-        os.link(src, models / name)
-    model_a = Registry(models, tmp / "index.sqlite").get("a")
-    options = EngineOptions(context=4096, parallel=4, threads=args.threads)
+    bench = Bench.make(["a", "b"], args.threads)
+    binary = bench.binary
     og_port = free_port()
     og_url = f"http://127.0.0.1:{og_port}"
-    env = {
-        **os.environ,
-        "OFFGRID_PORT": str(og_port),
-        "OFFGRID_MODELS_DIR": str(models),
-        "OFFGRID_CACHE_DIR": str(tmp / "cache"),
-        "OFFGRID_LLAMA_SERVER": str(binary.path),
-        "OFFGRID_NUM_THREADS": str(args.threads),
-        "OFFGRID_MAX_LOADED_MODELS": "1",
-        "OFFGRID_LOG_LEVEL": "info",
-    }
-    log = (tmp / "offgrid.log").open("wb")
-    print(f"OffGrid log: {tmp / 'offgrid.log'}", file=sys.stderr)
-    offgrid = subprocess.Popen(
-        [sys.executable, "-m", "offgrid", "serve"], env=env, stdout=log, stderr=log
-    )
+    offgrid = bench.start_offgrid(og_port, OFFGRID_MAX_LOADED_MODELS="1", OFFGRID_LOG_LEVEL="info")
+    print(f"OffGrid log: {bench.tmp / 'offgrid.log'}", file=sys.stderr)
     try:
         wait_health(og_url, offgrid)
         cold_direct, cold_og, swaps = [], [], []
         for r in range(args.rounds):
             port = free_port()
-            argv = build_argv(binary.path, model_a, options, port)
+            argv = build_argv(binary.path, bench.model("a"), bench.options(), port)
             pair = [
                 ("direct", lambda p=port, a=argv: direct_cold(a, p, "a")),
                 ("offgrid", lambda: offgrid_cold(og_url, "a")),
@@ -124,11 +97,7 @@ async def run(args: argparse.Namespace) -> None:
 
         # throughput: keep a direct engine and OffGrid's engine for "a" up at once
         port = free_port()
-        direct = subprocess.Popen(
-            build_argv(binary.path, model_a, options, port),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        direct = bench.start_direct("a", port, "direct.log")
         direct_url = f"http://127.0.0.1:{port}"
         wait_health(direct_url, direct)
         await decode_rate(og_url, "a", 4, 16)

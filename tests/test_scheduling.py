@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,6 +36,22 @@ def models(tmp_path: Path, model_store: Path) -> Path:
     )
 
 
+@pytest.fixture
+def serve(
+    tmp_path: Path, models: Path, engine_binary: EngineBinary
+) -> Iterator[Callable[..., Server]]:
+    """Start `offgrid serve` on the three models with extra env; stopped after the test."""
+    started: list[Server] = []
+
+    def start(**env: str) -> Server:
+        started.append(start_server(tmp_path, models, engine_binary, **env))
+        return started[-1]
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
 def chat(srv: Server, model: str, **extra: object) -> requests.Response:
     body = {"model": model, "messages": HELLO, "max_tokens": 2, **extra}
     return requests.post(f"{srv.url}/v1/chat/completions", json=body, timeout=120)
@@ -54,138 +71,108 @@ def engines_for(path: Path) -> int:
 
 
 def test_concurrent_requests_to_a_cold_model_start_one_engine(
-    tmp_path: Path, models: Path, engine_binary: EngineBinary
+    serve: Callable[..., Server], models: Path
 ) -> None:
-    srv = start_server(tmp_path, models, engine_binary)
-    try:
-        with ThreadPoolExecutor(6) as pool:
-            codes = list(pool.map(lambda _: chat(srv, "a").status_code, range(6)))
-        assert codes == [200] * 6
-        assert engines_for(models / "a.gguf") == 1
-    finally:
-        srv.stop()
+    srv = serve()
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: chat(srv, "a").status_code, range(6)))
+    assert codes == [200] * 6
+    assert engines_for(models / "a.gguf") == 1
 
 
 def test_third_model_evicts_least_recently_used_idle_one(
-    tmp_path: Path, models: Path, engine_binary: EngineBinary
+    serve: Callable[..., Server], models: Path
 ) -> None:
-    srv = start_server(tmp_path, models, engine_binary, OFFGRID_MAX_LOADED_MODELS="2")
-    try:
-        assert chat(srv, "a").status_code == 200
-        assert chat(srv, "b").status_code == 200
-        assert chat(srv, "a").status_code == 200  # a is now the most recently used
-        assert chat(srv, "c").status_code == 200
-        assert loaded(srv) == {"a", "c"}
-        assert engines_for(models / "b.gguf") == 0
-    finally:
-        srv.stop()
+    srv = serve(OFFGRID_MAX_LOADED_MODELS="2")
+    assert chat(srv, "a").status_code == 200
+    assert chat(srv, "b").status_code == 200
+    assert chat(srv, "a").status_code == 200  # a is now the most recently used
+    assert chat(srv, "c").status_code == 200
+    assert loaded(srv) == {"a", "c"}
+    assert engines_for(models / "b.gguf") == 0
 
 
 def test_a_model_serving_a_request_is_not_evicted(
-    tmp_path: Path, models: Path, engine_binary: EngineBinary
+    serve: Callable[..., Server], models: Path
 ) -> None:
-    srv = start_server(tmp_path, models, engine_binary, OFFGRID_MAX_LOADED_MODELS="1")
-    try:
-        assert chat(srv, "a").status_code == 200
-        events: list[str] = []
-        first_chunk = threading.Event()
+    srv = serve(OFFGRID_MAX_LOADED_MODELS="1")
+    assert chat(srv, "a").status_code == 200
+    events: list[str] = []
+    first_chunk = threading.Event()
 
-        def long_stream() -> None:
-            for _ in stream_data(srv.url, "a", max_tokens=200, ignore_eos=True):
-                first_chunk.set()
-            events.append("a done")
+    def long_stream() -> None:
+        for _ in stream_data(srv.url, "a", max_tokens=200, ignore_eos=True):
+            first_chunk.set()
+        events.append("a done")
 
-        t = threading.Thread(target=long_stream)
-        t.start()
-        assert first_chunk.wait(60)
-        assert chat(srv, "b").status_code == 200  # waits for a's stream, then swaps
-        events.append("b done")
-        t.join(60)
-        assert events == ["a done", "b done"]
-        assert loaded(srv) == {"b"}
-    finally:
-        srv.stop()
+    t = threading.Thread(target=long_stream)
+    t.start()
+    assert first_chunk.wait(60)
+    assert chat(srv, "b").status_code == 200  # waits for a's stream, then swaps
+    events.append("b done")
+    t.join(60)
+    assert events == ["a done", "b done"]
+    assert loaded(srv) == {"b"}
 
 
-def test_keep_alive_zero_and_minus_one(
-    tmp_path: Path, models: Path, engine_binary: EngineBinary
-) -> None:
-    srv = start_server(tmp_path, models, engine_binary, OFFGRID_KEEP_ALIVE="1s")
-    try:
-        assert chat(srv, "a", keep_alive=-1).status_code == 200  # never unloads
-        assert chat(srv, "b").status_code == 200  # server default: 1 s
-        assert chat(srv, "c", keep_alive=0).status_code == 200  # unloads at once
-        wait_for(lambda: "c" not in loaded(srv), 10, "c to unload at once")
-        wait_for(lambda: "b" not in loaded(srv), 10, "b to unload after 1 s")
-        assert "a" in loaded(srv)
-        rows = {m["id"]: m for m in srv.ps()}
-        assert rows["a"]["keep_alive"] == -1 and rows["a"]["expires_at"] is None
-    finally:
-        srv.stop()
+def test_keep_alive_zero_and_minus_one(serve: Callable[..., Server], models: Path) -> None:
+    srv = serve(OFFGRID_KEEP_ALIVE="1s")
+    assert chat(srv, "a", keep_alive=-1).status_code == 200  # never unloads
+    assert chat(srv, "b").status_code == 200  # server default: 1 s
+    assert chat(srv, "c", keep_alive=0).status_code == 200  # unloads at once
+    wait_for(lambda: "c" not in loaded(srv), 10, "c to unload at once")
+    wait_for(lambda: "b" not in loaded(srv), 10, "b to unload after 1 s")
+    assert "a" in loaded(srv)
+    rows = {m["id"]: m for m in srv.ps()}
+    assert rows["a"]["keep_alive"] == -1 and rows["a"]["expires_at"] is None
 
 
-def test_full_queue_gives_429_with_retry_after(
-    tmp_path: Path, models: Path, engine_binary: EngineBinary
-) -> None:
-    srv = start_server(tmp_path, models, engine_binary, OFFGRID_PARALLEL="1", OFFGRID_MAX_QUEUE="1")
-    try:
-        assert chat(srv, "a").status_code == 200
-        started = threading.Event()
+def test_full_queue_gives_429_with_retry_after(serve: Callable[..., Server], models: Path) -> None:
+    srv = serve(OFFGRID_PARALLEL="1", OFFGRID_MAX_QUEUE="1")
+    assert chat(srv, "a").status_code == 200
+    started = threading.Event()
 
-        def stream() -> None:
-            for _ in stream_data(srv.url, "a", max_tokens=300, ignore_eos=True):
-                started.set()
+    def stream() -> None:
+        for _ in stream_data(srv.url, "a", max_tokens=300, ignore_eos=True):
+            started.set()
 
-        runner = threading.Thread(target=stream)
-        runner.start()
-        assert started.wait(60)
-        queued = threading.Thread(target=lambda: chat(srv, "a"))
-        queued.start()
-        wait_for(lambda: srv.ps()[0].get("queued_requests") == 1, 10, "one queued request")
-        resp = chat(srv, "a")
-        assert resp.status_code == 429
-        assert int(resp.headers["Retry-After"]) > 0
-        assert resp.json()["error"]["code"] == "overloaded"
-        runner.join(120)
-        queued.join(120)
-    finally:
-        srv.stop()
+    runner = threading.Thread(target=stream)
+    runner.start()
+    assert started.wait(60)
+    queued = threading.Thread(target=lambda: chat(srv, "a"))
+    queued.start()
+    wait_for(lambda: srv.ps()[0].get("queued_requests") == 1, 10, "one queued request")
+    resp = chat(srv, "a")
+    assert resp.status_code == 429
+    assert int(resp.headers["Retry-After"]) > 0
+    assert resp.json()["error"]["code"] == "overloaded"
+    runner.join(120)
+    queued.join(120)
 
 
-def test_admin_load_and_unload(tmp_path: Path, models: Path, engine_binary: EngineBinary) -> None:
-    srv = start_server(tmp_path, models, engine_binary)
-    try:
-        r = requests.post(f"{srv.url}/api/models/a/load", json={"keep_alive": "-1"}, timeout=120)
-        assert r.status_code == 200 and r.json()["pid"]
-        assert loaded(srv) == {"a"}
-        assert requests.post(f"{srv.url}/api/models/a/unload", timeout=60).json()["unloaded"]
-        assert loaded(srv) == set()
-        assert requests.post(f"{srv.url}/api/models/zzz/load", timeout=60).status_code == 404
-    finally:
-        srv.stop()
+def test_admin_load_and_unload(serve: Callable[..., Server], models: Path) -> None:
+    srv = serve()
+    r = requests.post(f"{srv.url}/api/models/a/load", json={"keep_alive": "-1"}, timeout=120)
+    assert r.status_code == 200 and r.json()["pid"]
+    assert loaded(srv) == {"a"}
+    assert requests.post(f"{srv.url}/api/models/a/unload", timeout=60).json()["unloaded"]
+    assert loaded(srv) == set()
+    assert requests.post(f"{srv.url}/api/models/zzz/load", timeout=60).status_code == 404
 
 
-def test_aliases_and_per_model_settings(
-    tmp_path: Path, models: Path, engine_binary: EngineBinary
-) -> None:
-    srv = start_server(
-        tmp_path,
-        models,
-        engine_binary,
+def test_aliases_and_per_model_settings(serve: Callable[..., Server], models: Path) -> None:
+    srv = serve(
         OFFGRID_MODEL_ALIASES="gpt-4o-mini=a",
         OFFGRID_MODEL_SETTINGS='{"a": {"context_size": 512, "parallel": 2,'
         ' "extra_args": ["--temp", "0.5"]}}',
     )
-    try:
-        client = srv.client()
-        assert "gpt-4o-mini" in {m.id for m in client.models.list().data}
-        resp = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
-        assert resp.choices[0].message.content is not None
-        [row] = srv.ps()
-        assert row["id"] == "a" and row["parallel"] == 2
-        cmd = psutil.Process(int(str(row["pid"]))).cmdline()
-        assert cmd[cmd.index("--ctx-size") + 1] == "1024"  # 512 per request, 2 slots
-        assert cmd[cmd.index("--parallel") + 1] == "2"
-        assert cmd[-2:] == ["--temp", "0.5"]
-    finally:
-        srv.stop()
+    client = srv.client()
+    assert "gpt-4o-mini" in {m.id for m in client.models.list().data}
+    resp = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    assert resp.choices[0].message.content is not None
+    [row] = srv.ps()
+    assert row["id"] == "a" and row["parallel"] == 2
+    cmd = psutil.Process(int(str(row["pid"]))).cmdline()
+    assert cmd[cmd.index("--ctx-size") + 1] == "1024"  # 512 per request, 2 slots
+    assert cmd[cmd.index("--parallel") + 1] == "2"
+    assert cmd[-2:] == ["--temp", "0.5"]
