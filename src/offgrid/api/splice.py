@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-__all__ = ["EngineStream", "client_transport", "open_stream"]
+__all__ = ["EngineStream", "client_transport", "connect", "send_request"]
 
 
 def client_transport(send: Callable[..., Awaitable[None]]) -> tuple[Any, Any] | None:
@@ -48,6 +48,9 @@ class EngineStream(asyncio.Protocol):
         self._need = 0  # bytes left of the current chunk's data and its CRLF
         self._held = b""  # an incomplete chunk-size line, kept until it is whole
         self._chunked = False
+        self.requested = False
+        self.lost = False
+        self.connected_at = loop.time()
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,6 +70,9 @@ class EngineStream(asyncio.Protocol):
                     self._body.append(rest)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.requested:
+            return  # an unused spare: nobody waits on it
         error = ConnectionResetError(str(exc) if exc else "the engine closed the connection")
         if not self.head.done():
             self.head.set_exception(error)
@@ -139,18 +145,30 @@ class EngineStream(asyncio.Protocol):
             self.done.set_result(None)
             self.close()
 
+    def fresh(self, max_age: float) -> bool:
+        """Unused, still connected and young enough to outlive the engine's idle timeout."""
+        age = asyncio.get_running_loop().time() - self.connected_at
+        return not (self.requested or self.lost) and age < max_age
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.closed_by_us = not self.done.done()
             self.transport.close()
 
 
-async def open_stream(host: str, port: int, path: str, body: bytes) -> EngineStream:
-    """Connect to an engine, send a streamed POST and wait for its response head."""
+async def connect(host: str, port: int) -> EngineStream:
+    """A new connection to an engine, ready for one request."""
     loop = asyncio.get_running_loop()
     transport, stream = await loop.create_connection(EngineStream, host, port)
     stream.transport = transport  # connection_made may come later (uvloop)
-    transport.write(
+    return stream
+
+
+async def send_request(stream: EngineStream, host: str, port: int, path: str, body: bytes) -> None:
+    """Send a streamed POST on ``stream`` and wait for the response head."""
+    assert stream.transport is not None
+    stream.requested = True
+    stream.transport.write(
         (
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
             "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
@@ -163,4 +181,3 @@ async def open_stream(host: str, port: int, path: str, body: bytes) -> EngineStr
     except BaseException:
         stream.close()
         raise
-    return stream
