@@ -352,6 +352,27 @@ class Scheduler:
         lease.release()
         return lease.engine
 
+    async def discard(self, engine: Engine) -> None:
+        """Drop an engine that refuses connections, so that the next request starts anew.
+
+        Usually it has died and its exit is noticed within the wait; if not (a busy box, or
+        an engine that lives but no longer listens), it is stopped here and counted as a
+        crash.
+        """
+        if await engine.wait_exited(1.0):
+            return  # _on_exit has already removed and reported it
+        slot = self._slots.get(engine.model.id)
+        if slot is not None and slot.engine is engine:
+            del self._slots[engine.model.id]
+            log.error(
+                "engine for %s (pid %s) refuses connections; restarting it",
+                engine.model.id,
+                engine.pid,
+            )
+            self._record_crash(engine.model.id, "the engine stopped accepting connections")
+            await engine.stop(grace=1.0)
+            await self._notify()
+
     async def unload(self, model_id: str) -> bool:
         """Stop the engine of ``model_id`` if it runs; True when one was stopped."""
         if model_id not in self._slots:

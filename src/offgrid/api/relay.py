@@ -86,6 +86,9 @@ class Relay:
         )
 
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for spare in self._spares.values():
             spare.close()
         self._spares.clear()
@@ -163,8 +166,8 @@ class Relay:
     ) -> tuple[T, Lease]:
         """Run ``send`` against a leased engine; again on a fresh lease if the socket was dead.
 
-        A refused connection usually means the engine died: give its exit a moment to be
-        noticed, so that the retry's ``acquire()`` starts a new one.
+        A refused connection means the engine died or stopped listening: the scheduler
+        discards it, so that the retry's ``acquire()`` starts a new one.
         """
         attempts = 3  # a stale pooled socket, then a refused connect to an engine just killed
         for attempt in range(attempts):
@@ -176,7 +179,7 @@ class Relay:
                 if attempt == attempts - 1:
                     raise engine_failed(model_id, exc) from exc
                 if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
-                    await lease.engine.wait_exited(1.0)
+                    await self.scheduler.discard(lease.engine)
             except BaseException:
                 lease.release()
                 raise
