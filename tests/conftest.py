@@ -93,11 +93,15 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     env: dict[str, str]
+    _client: openai.OpenAI | None = None
 
-    def client(self, **kwargs: object) -> openai.OpenAI:
-        return openai.OpenAI(
-            base_url=f"{self.url}/v1", api_key="not-needed", max_retries=0, **kwargs
-        )
+    def client(self) -> openai.OpenAI:
+        """One official client per server (closed with it), never retrying on its own."""
+        if self._client is None:
+            self._client = openai.OpenAI(
+                base_url=f"{self.url}/v1", api_key="not-needed", max_retries=0
+            )
+        return self._client
 
     def ps(self) -> list[dict[str, object]]:
         models: list[dict[str, object]] = requests.get(f"{self.url}/api/ps", timeout=10).json()[
@@ -118,6 +122,8 @@ class Server:
         raise AssertionError(f"{model_id} is not loaded: {self.ps()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self._client is not None:
+            self._client.close()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=60)

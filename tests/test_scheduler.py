@@ -72,9 +72,14 @@ class FakeEngine:
         self.on_exit: Any = None
         self.exit_reason = ""
 
-    async def stop(self) -> None:
+        self.proc: Any = None
+
+    async def stop(self, grace: float = 5.0) -> None:
         self.alive = False
         self.state = "stopped"
+
+    async def wait_exited(self, timeout: float) -> bool:
+        return not self.alive
 
 
 class FakeRegistry:
@@ -230,6 +235,20 @@ def test_dead_engine_is_restarted_on_next_acquire() -> None:
         lease.release()
         lease.release()  # idempotent
         lease.engine.alive = False
+        await sched.acquire("a")
+        assert starts == ["a", "a"]
+        await sched.close()
+
+    asyncio.run(main())
+
+
+def test_an_engine_that_refuses_connections_is_discarded_and_restarted() -> None:
+    async def main() -> None:
+        sched, starts = make()
+        lease = await sched.acquire("a")
+        lease.release()
+        await sched.discard(lease.engine)  # alive, but not listening any more
+        assert not lease.engine.alive and "a" not in sched.loaded()
         await sched.acquire("a")
         assert starts == ["a", "a"]
         await sched.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,30 @@ def test_engine_dies_with_a_killed_server(
     child = srv.engine_pid(STARTER_ID)
     srv.stop(signal.SIGKILL)
     wait_for(lambda: child not in llama_server_pids(), 10, "the orphaned engine to die")
+
+
+def test_engine_killed_with_dead_pooled_sockets_next_request_succeeds(
+    tmp_path: Path, engine_binary: EngineBinary, model_store: Path
+) -> None:
+    """Regression (seen in CI): after concurrent requests the relay's pool held several
+    sockets to the engine; when it died, each retry took another dead one and failed."""
+    models = link_models(
+        model_store, tmp_path / "models", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"}
+    )
+    srv = start_server(tmp_path, models, engine_binary)
+    try:
+        client = srv.client()
+        with ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda _: client.chat.completions.create(
+                        model=STARTER_ID, messages=HELLO, max_tokens=2
+                    ),
+                    range(4),
+                )
+            )
+        os.kill(srv.engine_pid(STARTER_ID), signal.SIGKILL)
+        resp = client.chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
+        assert resp.choices[0].message.content is not None
+    finally:
+        srv.stop()

@@ -364,13 +364,17 @@ class Scheduler:
         slot = self._slots.get(engine.model.id)
         if slot is not None and slot.engine is engine:
             del self._slots[engine.model.id]
+            await engine.stop(grace=1.0)
+            code = engine.proc.returncode if engine.proc else None
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             log.error(
-                "engine for %s (pid %s) refuses connections; restarting it",
+                "engine for %s (pid %s) refused connections and died with %s; "
+                "it restarts on the next request",
                 engine.model.id,
                 engine.pid,
+                how,
             )
             self._record_crash(engine.model.id, "the engine stopped accepting connections")
-            await engine.stop(grace=1.0)
             await self._notify()
 
     async def unload(self, model_id: str) -> bool:

@@ -73,17 +73,22 @@ class Relay:
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self._http: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None
         self._spares: dict[str, EngineStream] = {}
         self._refilling: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0)
-        self._http = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False,
-        )
+        def session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+            return aiohttp.ClientSession(
+                connector=connector, timeout=timeout, auto_decompress=False
+            )
+
+        self._http = session(aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0))
+        # retries never take a pooled socket: after an engine dies the pool may hold
+        # several dead ones, and each would fail in turn
+        self._fresh = session(aiohttp.TCPConnector(limit=0, force_close=True))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -92,8 +97,9 @@ class Relay:
         for spare in self._spares.values():
             spare.close()
         self._spares.clear()
-        if self._http is not None:
-            await self._http.close()
+        for http in (self._http, self._fresh):
+            if http is not None:
+                await http.close()
 
     async def open(
         self,
@@ -105,11 +111,12 @@ class Relay:
         keep_alive: float | None = None,
     ) -> Upstream:
         """Send ``body`` to ``path`` on the engine of ``model_id`` through the pooled client."""
-        http = self._http
-        assert http is not None
+        pooled, fresh = self._http, self._fresh
+        assert pooled is not None and fresh is not None
         headers = _STREAM if stream else _JSON
 
-        async def post(engine: Engine) -> aiohttp.ClientResponse:
+        async def post(engine: Engine, retry: bool) -> aiohttp.ClientResponse:
+            http = fresh if retry else pooled
             return await http.post(engine.url + path, data=body, headers=headers)
 
         response, lease = await self._with_engine(model_id, post, keep_alive)
@@ -120,8 +127,9 @@ class Relay:
     ) -> tuple[EngineStream, Lease]:
         """Send a streamed request on a fresh raw connection, for splicing (``splice``)."""
 
-        async def start(engine: Engine) -> EngineStream:
-            stream = self._take_spare(engine) or await connect(engine.host, engine.port)
+        async def start(engine: Engine, retry: bool) -> EngineStream:
+            spare = None if retry else self._take_spare(engine)
+            stream = spare or await connect(engine.host, engine.port)
             self._refill_spare(engine)
             await send_request(stream, engine.host, engine.port, path, body)
             return stream
@@ -162,7 +170,10 @@ class Relay:
         task.add_done_callback(self._tasks.discard)
 
     async def _with_engine(
-        self, model_id: str, send: Callable[[Engine], Awaitable[T]], keep_alive: float | None
+        self,
+        model_id: str,
+        send: Callable[[Engine, bool], Awaitable[T]],
+        keep_alive: float | None,
     ) -> tuple[T, Lease]:
         """Run ``send`` against a leased engine; again on a fresh lease if the socket was dead.
 
@@ -173,7 +184,7 @@ class Relay:
         for attempt in range(attempts):
             lease = await self.scheduler.acquire(model_id, keep_alive=keep_alive)
             try:
-                return await send(lease.engine), lease
+                return await send(lease.engine, attempt > 0), lease
             except _RETRYABLE as exc:
                 lease.release()
                 if attempt == attempts - 1:
