@@ -177,10 +177,12 @@ class Relay:
     ) -> tuple[T, Lease]:
         """Run ``send`` against a leased engine; again on a fresh lease if the socket was dead.
 
-        A refused connection means the engine died or stopped listening: the scheduler
-        discards it, so that the retry's ``acquire()`` starts a new one.
+        The first try may take a pooled or spare socket that died with its engine; retries
+        use fresh connections, and when one of those fails too (refused, or reset by an
+        engine caught dying) the scheduler discards the engine, so that the next
+        ``acquire()`` starts a new one.
         """
-        attempts = 3  # a stale pooled socket, then a refused connect to an engine just killed
+        attempts = 3
         for attempt in range(attempts):
             lease = await self.scheduler.acquire(model_id, keep_alive=keep_alive)
             try:
@@ -189,7 +191,8 @@ class Relay:
                 lease.release()
                 if attempt == attempts - 1:
                     raise engine_failed(model_id, exc) from exc
-                if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+                refused = isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
+                if refused or attempt > 0:  # a fresh connection failed: the engine is gone
                     await self.scheduler.discard(lease.engine)
             except BaseException:
                 lease.release()
