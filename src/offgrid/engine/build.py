@@ -155,7 +155,7 @@ def find_engine(settings: Settings) -> EngineBinary:
             return EngineBinary(plan.folder / "bin" / "llama-server", backend, str(plan.folder))
     raise EngineUnavailableError(
         "No llama-server engine is installed. Run `offgrid setup` (builds it once, "
-        "about 7 minutes on 2 cores) or set OFFGRID_LLAMA_SERVER to an existing binary."
+        "about 15 minutes on 2 cores) or set OFFGRID_LLAMA_SERVER to an existing binary."
     )
 
 
