@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from offgrid.engine.process import Engine
+from offgrid.engine.process import Engine, describe_exit
 from offgrid.errors import (
     EngineUnavailableError,
     InsufficientMemoryError,
@@ -365,8 +365,7 @@ class Scheduler:
         if slot is not None and slot.engine is engine:
             del self._slots[engine.model.id]
             await engine.stop(grace=1.0)
-            code = engine.proc.returncode if engine.proc else None
-            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            how = describe_exit(engine.proc.returncode if engine.proc else None)
             log.error(
                 "engine for %s (pid %s) refused connections and died with %s; "
                 "it restarts on the next request",

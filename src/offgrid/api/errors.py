@@ -12,16 +12,14 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from offgrid.errors import OffGridError
 
-__all__ = ["error_body", "error_event", "error_response", "install_error_handlers"]
+__all__ = ["error_body", "error_event", "error_json", "error_response", "install_error_handlers"]
 
 log = logging.getLogger("offgrid.api")
-
-_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error"}
 
 
 def error_body(
@@ -30,18 +28,22 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(exc: OffGridError) -> JSONResponse:
+def error_json(exc: OffGridError) -> bytes:
+    """The OpenAI-shaped body for ``exc``."""
     body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers())
+    return json.dumps(body).encode()
+
+
+def error_response(exc: OffGridError) -> Response:
+    return Response(error_json(exc), exc.status, exc.headers(), "application/json")
 
 
 def error_event(exc: OffGridError) -> bytes:
     """An error as the final server-sent event of a stream that has already begun."""
-    body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return b"data: " + error_json(exc) + b"\n\n"
 
 
-async def _offgrid_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _offgrid_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OffGridError)
     return error_response(exc)
 
@@ -58,16 +60,16 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    type_ = _TYPES.get(exc.status_code, "invalid_request_error")
+    type_ = "server_error" if exc.status_code >= 500 else "invalid_request_error"
     return JSONResponse(
         error_body(str(exc.detail), type_), exc.status_code, headers=dict(exc.headers or {})
     )
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(_request: Request, exc: Exception) -> Response:
     log.exception("unexpected error", exc_info=exc)
     message = f"Internal error ({type(exc).__name__}); the server log has the details."
-    return JSONResponse(error_body(message, "server_error"), 500)
+    return error_response(OffGridError(message))
 
 
 def install_error_handlers(app: FastAPI) -> None:

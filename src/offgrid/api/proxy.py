@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from offgrid.api.errors import error_body, error_event
+from offgrid.api.errors import error_event, error_json
 from offgrid.api.relay import Relay, Upstream, engine_failed, reshape_error
 from offgrid.api.splice import EngineStream, client_transport
 from offgrid.config import parse_duration
@@ -124,15 +124,13 @@ class ProxyApp:
         try:
             await self._proxy(scope, receive, send, required)
         except OffGridError as exc:
-            body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
-            await _send_whole(send, exc.status, json.dumps(body).encode(), exc.headers())
+            await _send_whole(send, exc.status, error_json(exc), exc.headers())
         except ConnectionResetError:
             pass  # the client left before we answered
         except Exception as exc:
             log.exception("unexpected error on %s", scope["path"])
             message = f"Internal error ({type(exc).__name__}); the server log has the details."
-            body = error_body(message, "server_error")
-            await _send_whole(send, 500, json.dumps(body).encode())
+            await _send_whole(send, 500, error_json(OffGridError(message)))
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, required: str) -> None:
         declared = 0

@@ -28,7 +28,14 @@ from offgrid.engine.build import EngineBinary
 from offgrid.errors import EngineUnavailableError
 from offgrid.models.registry import ModelInfo
 
-__all__ = ["Engine", "EngineOptions", "build_argv", "free_port", "template_args"]
+__all__ = [
+    "Engine",
+    "EngineOptions",
+    "build_argv",
+    "describe_exit",
+    "free_port",
+    "template_args",
+]
 
 log = logging.getLogger("offgrid.engine")
 
@@ -114,6 +121,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def describe_exit(code: int | None) -> str:
+    """``signal 9`` or ``exit code 3``, as the logs and crash reports say it."""
+    return f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -234,7 +246,7 @@ class Engine:
         assert self.proc is not None
         code = await self.proc.wait()
         if self.state not in ("stopping", "stopped"):
-            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            how = describe_exit(code)
             self.exit_reason = how
             log.error(
                 "engine for %s (pid %s) died with %s; it restarts on the next request. "
