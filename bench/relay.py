@@ -8,6 +8,7 @@ both alike. Prints medians and OffGrid ÷ direct ratios:
   added time to first token, median (goal <= 1 ms, at most 2 ms)
 
 Run: .venv/bin/python bench/relay.py [--rounds 12] [--tokens 128]
+     [--model FILE.gguf --gpu-layers N]   (another model, e.g. on a GPU; default: the starter)
 """
 
 from __future__ import annotations
@@ -113,24 +114,34 @@ class Bench:
     tmp: Path
     models: Path
     threads: int
+    gpu_layers: int | None = None
 
     @classmethod
-    def make(cls, names: list[str], threads: int) -> Bench:
+    def make(
+        cls,
+        names: list[str],
+        threads: int,
+        source: Path | None = None,
+        gpu_layers: int | None = None,
+    ) -> Bench:
+        """``names`` are links to ``source`` (default: the starter model)."""
         settings = load_settings()
         tmp = Path(tempfile.mkdtemp(prefix="offgrid-bench-"))
         models = tmp / "models"
         models.mkdir()
         store, downloads = settings.cache_dir / "test-models", settings.cache_dir / "downloads"
-        src = place_model(STARTER, store, downloads)
+        src = source or place_model(STARTER, store, downloads)
         for name in names:
             os.link(src, models / f"{name}.gguf")
-        return cls(find_engine(settings), tmp, models, threads)
+        return cls(find_engine(settings), tmp, models, threads, gpu_layers)
 
     def model(self, model_id: str) -> ModelInfo:
         return Registry(self.models, self.tmp / "index.sqlite").get(model_id)
 
     def options(self) -> EngineOptions:
-        return EngineOptions(context=4096, parallel=4, threads=self.threads)
+        return EngineOptions(
+            context=4096, parallel=4, threads=self.threads, gpu_layers=self.gpu_layers
+        )
 
     def start_direct(self, model_id: str, port: int, log_name: str) -> subprocess.Popen[bytes]:
         """llama-server started directly, with the argv OffGrid would use."""
@@ -150,6 +161,7 @@ class Bench:
             "OFFGRID_MAX_CONTEXT": "4096",
             "OFFGRID_PARALLEL": "4",
             "OFFGRID_LOG_LEVEL": "warning",
+            "OFFGRID_GPU_LAYERS": str(-1 if self.gpu_layers is None else self.gpu_layers),
             **env,
         }
         argv = [sys.executable, "-m", "offgrid", "serve"]
@@ -157,8 +169,9 @@ class Bench:
 
 
 async def run(args: argparse.Namespace) -> None:
-    bench = Bench.make([STARTER.model_id], args.threads)
-    model = bench.model(STARTER.model_id)
+    name = args.model.stem if args.model else STARTER.model_id
+    bench = Bench.make([name], args.threads, args.model, args.gpu_layers)
+    model = bench.model(name)
     binary = bench.binary
     direct_port, og_port = free_port(), free_port()
     direct_url, og_url = f"http://127.0.0.1:{direct_port}", f"http://127.0.0.1:{og_port}"
@@ -223,6 +236,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", type=Path, help="a GGUF file (default: the starter model)")
+    parser.add_argument("--gpu-layers", type=int, help="-ngl for both (default: as OffGrid)")
     parser.add_argument(
         "--aa", action="store_true", help="measure direct against a second direct engine"
     )

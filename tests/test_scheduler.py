@@ -4,6 +4,7 @@ one load per model, failed loads, crash backoff."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,25 @@ import pytest
 
 from offgrid.errors import EngineUnavailableError, InsufficientMemoryError, OverloadedError
 from offgrid.models.registry import ModelInfo
-from offgrid.scheduler import Policy, Scheduler, SlotView, expired, plan_eviction
+from offgrid.placement import Memory, Placement
+from offgrid.scheduler import Policy, Scheduler, SlotView, expired, plan_eviction, plan_load
 
 GB = 1024**3
 
 
+def ram(gib: float) -> Memory:
+    return Memory(int(gib * GB))
+
+
 def view(
-    mid: str, mem: float, active: int = 0, used: float = 0.0, pinned: bool = False
+    mid: str,
+    mem: float,
+    active: int = 0,
+    used: float = 0.0,
+    pinned: bool = False,
+    vram: float = 0.0,
 ) -> SlotView:
-    return SlotView(mid, int(mem * GB), active, used, pinned)
+    return SlotView(mid, Memory(int(mem * GB), int(vram * GB)), active, used, pinned)
 
 
 @pytest.mark.parametrize(
@@ -38,12 +49,53 @@ def view(
 def test_plan_eviction(
     need: float, available: float, loaded: list[SlotView], max_loaded: int, expect: object
 ) -> None:
-    assert plan_eviction(int(need * GB), int(available * GB), loaded, max_loaded, 0) == expect
+    assert plan_eviction(ram(need), ram(available), loaded, max_loaded) == expect
+    fixed = lambda budget: Placement(0, ram(need))  # noqa: E731
+    planned = plan_load(fixed, ram(available), loaded, max_loaded)
+    assert (planned[1] if planned else None) == expect
 
 
 def test_a_model_too_big_even_alone_says_how_much_it_needs() -> None:
+    eight = lambda budget: Placement(0, ram(8))  # noqa: E731
     with pytest.raises(InsufficientMemoryError, match=r"needs about 8\.0 GiB.*at most 5\.0 GiB"):
-        plan_eviction(8 * GB, 3 * GB, [view("a", 2), view("p", 4, pinned=True)], 3, 0)
+        plan_load(eight, ram(3), [view("a", 2), view("p", 4, pinned=True)], 3)
+
+
+def layers_that_fit(per_layer: float, layers: int) -> Callable[[Memory], Placement]:
+    """A model of ``layers`` GPU layers of ``per_layer`` GiB each, placed like ``place``."""
+
+    def plan(budget: Memory) -> Placement:
+        n = min(layers, int(budget.vram / (per_layer * GB)))
+        return Placement(n, Memory(int((layers - n) * per_layer * GB), int(n * per_layer * GB)))
+
+    return plan
+
+
+@pytest.mark.parametrize(
+    ("free_vram", "loaded", "gpu_layers", "victims"),
+    [
+        (10, [], 4, []),  # the GPU holds it all
+        (2, [], 2, []),  # half of it: the rest in RAM, nobody stopped
+        (2, [view("a", 1, vram=2, used=1), view("b", 1, vram=2, used=2)], 4, ["a"]),
+        (0, [view("a", 1, vram=4, used=1), view("b", 1, vram=4, used=2)], 4, ["a"]),
+        (0, [view("a", 1, vram=4, active=1)], 0, []),  # a is busy: start on the CPU now
+        (0, [view("a", 1, vram=4, pinned=True)], 0, []),  # pinned: never stopped for room
+        (1, [view("a", 1, vram=2, used=1), view("b", 1, vram=2, used=2)], 4, ["a", "b"]),
+    ],
+)
+def test_plan_load_stops_idle_models_for_gpu_layers_only_as_needed(
+    free_vram: float, loaded: list[SlotView], gpu_layers: int, victims: list[str]
+) -> None:
+    planned = plan_load(layers_that_fit(1, 4), Memory(100 * GB, free_vram * GB), loaded, 3)
+    assert planned is not None
+    assert (planned[0].gpu_layers, planned[1]) == (gpu_layers, victims)
+
+
+def test_plan_load_waits_for_a_busy_model_only_when_nothing_else_can_fit() -> None:
+    nine = lambda budget: Placement(0, ram(9))  # noqa: E731
+    assert plan_load(nine, ram(5), [view("a", 6, active=1)], 3) is None
+    with pytest.raises(InsufficientMemoryError):
+        plan_load(nine, ram(2), [view("a", 6, active=1)], 3)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +142,7 @@ class FakeRegistry:
 def make(fail: bool = False, **policy: Any) -> tuple[Scheduler, list[str]]:
     starts: list[str] = []
 
-    async def start(model: ModelInfo) -> Any:
+    async def start(model: ModelInfo, placement: Placement) -> Any:
         starts.append(model.id)
         await asyncio.sleep(0.02)
         if fail:
@@ -98,7 +150,8 @@ def make(fail: bool = False, **policy: Any) -> tuple[Scheduler, list[str]]:
         return FakeEngine(model)
 
     registry: Any = FakeRegistry()
-    return Scheduler(registry, start, policy=Policy(**policy), available=lambda: 100 * GB), starts
+    sched = Scheduler(registry, start, policy=Policy(**policy), available=lambda: ram(100))
+    return sched, starts
 
 
 def test_concurrent_requests_for_a_cold_model_load_it_once() -> None:
@@ -251,6 +304,43 @@ def test_an_engine_that_refuses_connections_is_discarded_and_restarted() -> None
         assert not lease.engine.alive and "a" not in sched.loaded()
         await sched.acquire("a")
         assert starts == ["a", "a"]
+        await sched.close()
+
+    asyncio.run(main())
+
+
+def test_a_gpu_memory_limit_shares_the_gpu_between_models() -> None:
+    """OFFGRID_GPU_MEMORY: 6 GiB for engines on a GPU with 80 GiB free. A model of four
+    2 GiB layers gets three layers; a second one evicts the idle first to get as many;
+    while the first is busy, the second starts at once with what the limit leaves."""
+
+    async def main() -> None:
+        started: list[tuple[str, int]] = []
+
+        async def start(model: ModelInfo, placement: Placement) -> Any:
+            started.append((model.id, placement.gpu_layers))
+            return FakeEngine(model)
+
+        plan = layers_that_fit(2, 4)
+        registry: Any = FakeRegistry()
+        sched = Scheduler(
+            registry,
+            start,
+            policy=Policy(vram_limit=6 * GB, reserve=Memory()),
+            plan=lambda _model, budget: plan(budget),
+            available=lambda: Memory(100 * GB, 80 * GB),
+        )
+        (await sched.acquire("a")).release()
+        assert started == [("a", 3)]
+        (await sched.acquire("b")).release()
+        assert started[-1] == ("b", 3)
+        assert [r["id"] for r in sched.status()] == ["b"]
+        busy = await sched.acquire("b")
+        (await sched.acquire("a")).release()
+        assert started[-1] == ("a", 0)  # b is serving: a runs on the CPU beside it
+        assert sorted(r["id"] for r in sched.status()) == ["a", "b"]
+        assert {r["id"]: r["vram_bytes"] for r in sched.status()} == {"a": 0, "b": 6 * GB}
+        busy.release()
         await sched.close()
 
     asyncio.run(main())

@@ -28,6 +28,7 @@ __all__ = [
     "parse_aliases",
     "parse_duration",
     "parse_model_settings",
+    "parse_size",
 ]
 
 
@@ -65,7 +66,8 @@ class Settings:
     num_threads: int = 0
     max_context: int = 4096
     parallel: int = 4
-    gpu_layers: int = 0
+    gpu_layers: int = -1
+    gpu_memory: str = "0"
     load_timeout: float = 300.0
     max_request_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
@@ -122,7 +124,13 @@ FIELDS: tuple[Setting, ...] = (
         "gpu_layers",
         "OFFGRID_GPU_LAYERS",
         "inference.gpu_layers",
-        "Layers to offload to the GPU (0=auto)",
+        "Layers to put on the GPU: -1 = as many as fit, 0 = none, N = N",
+    ),
+    Setting(
+        "gpu_memory",
+        "OFFGRID_GPU_MEMORY",
+        "inference.gpu_memory",
+        "Most GPU memory all engines together may take: 12GiB, 8000MiB (0 = all that is free)",
     ),
     Setting(
         "load_timeout",
@@ -208,6 +216,20 @@ def parse_model_settings(text: str) -> dict[str, dict[str, Any]]:
                 f"(known: {', '.join(sorted(MODEL_SETTING_KEYS))})"
             )
     return data
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from ``1073741824``, ``"1024MiB"``, ``"12GiB"``, ``"12GB"``, ``"512M"``."""
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        size = float(number) * scale
+    except ValueError:
+        raise ConfigError(f"'{value}' is not a size: use bytes or 512MiB, 12GiB") from None
+    if size < 0:
+        raise ConfigError(f"'{value}' is not a size: it is negative")
+    return int(size)
 
 
 def parse_duration(value: str | float) -> float:
@@ -306,6 +328,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             coerced[name] = _coerce(name, value)
             check = {
                 "keep_alive": parse_duration,
+                "gpu_memory": parse_size,
                 "model_aliases": parse_aliases,
                 "model_settings": parse_model_settings,
             }.get(name)

@@ -17,6 +17,11 @@ once (``offgrid.api.errors``), the CLI prints ``str(error)``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from offgrid.placement import Memory
+
 __all__ = [
     "BadRequestError",
     "ConfigError",
@@ -108,11 +113,10 @@ class InsufficientMemoryError(EngineUnavailableError):
 
     code = "insufficient_memory"
 
-    def __init__(self, need: int, available: int) -> None:
-        gib = 1024**3
+    def __init__(self, need: Memory, available: Memory) -> None:
         super().__init__(
-            f"This model needs about {need / gib:.1f} GiB of memory and at most "
-            f"{available / gib:.1f} GiB can be made available. Use a smaller quantization, "
+            f"This model needs about {need.describe()} and at most "
+            f"{available.describe()} can be made available. Use a smaller quantization, "
             "a smaller OFFGRID_MAX_CONTEXT or OFFGRID_PARALLEL, or free memory."
         )
 

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import contextlib
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from offgrid.models.gguf_meta import GGUFInfo
-
 __all__ = [
-    "MIB",
+    "Gpu",
     "SystemFacts",
     "available_memory",
-    "estimate_model_memory",
+    "gpu_free_memory",
+    "gpus",
     "system_facts",
 ]
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One NVIDIA GPU as the driver (NVML) sees it now."""
+
+    index: int
+    name: str
+    total: int
+    free: int
+    compute_capability: str  # "9.0"
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,7 @@ class SystemFacts:
     cpu_cores: int
     ram_total: int
     ram_available: int
-    gpu: str | None
+    gpus: tuple[Gpu, ...]
 
 
 def _cpu_model() -> str:
@@ -39,19 +51,47 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def _gpu() -> str | None:
-    if not shutil.which("nvidia-smi"):
-        return None
+@functools.cache
+def _nvml() -> Any:
+    """The NVML module once the driver library loaded, or None (no NVIDIA driver)."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        import pynvml  # type: ignore[import-untyped,unused-ignore]
+
+        pynvml.nvmlInit()
+    except Exception:  # ImportError, or NVMLError when there is no driver or no GPU
         return None
-    return out.stdout.strip().replace("\n", "; ") or None
+    return pynvml
+
+
+def _visible(count: int) -> list[int]:
+    """Device indices that CUDA_VISIBLE_DEVICES leaves to the engines (all if unset)."""
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is None:
+        return list(range(count))
+    wanted = [int(p) for p in mask.split(",") if p.strip().isdigit()]
+    return [i for i in wanted if i < count] if wanted or not mask.strip() else list(range(count))
+
+
+def gpus() -> list[Gpu]:
+    """The NVIDIA GPUs the engines may use, with their free memory; [] without any."""
+    nvml: Any = _nvml()
+    if nvml is None:
+        return []
+    found = []
+    with contextlib.suppress(nvml.NVMLError):
+        for index in _visible(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+            major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+            name = nvml.nvmlDeviceGetName(handle)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            found.append(Gpu(index, name, int(mem.total), int(mem.free), f"{major}.{minor}"))
+    return found
+
+
+def gpu_free_memory() -> int:
+    """Free memory of all usable GPUs together (llama-server splits layers across them)."""
+    return sum(g.free for g in gpus())
 
 
 def system_facts() -> SystemFacts:
@@ -61,31 +101,8 @@ def system_facts() -> SystemFacts:
         cpu_cores=psutil.cpu_count(logical=True) or 1,
         ram_total=mem.total,
         ram_available=mem.available,
-        gpu=_gpu(),
+        gpus=tuple(gpus()),
     )
-
-
-MIB = 1024 * 1024
-
-
-def estimate_model_memory(
-    file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: int
-) -> int:
-    """Bytes an engine needs for a model: weights + f16 KV cache + compute buffers.
-
-    The KV cache holds ``context`` tokens for each of the ``parallel`` slots (capped at the
-    model's trained context, as ``build_argv`` does); the compute overhead is a fixed
-    allowance plus a share of the weights, which covered what llama-server's RSS showed
-    for the test models (docs/decisions.md).
-    """
-    per_slot = context
-    if gguf is not None and gguf.context_length:
-        per_slot = min(context, gguf.context_length)
-    kv = 0
-    if gguf is not None:
-        per_token = gguf.block_count * gguf.head_count_kv * (gguf.key_length + gguf.value_length)
-        kv = per_token * 2 * per_slot * parallel
-    return file_size + kv + 96 * MIB + file_size // 10
 
 
 def available_memory() -> int:

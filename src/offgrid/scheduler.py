@@ -1,16 +1,19 @@
 """Which engines run: load on demand once per model, a memory budget, queues, idle unload.
 
 A request takes a ``Lease`` on the engine of its model and gives it back when its answer is
-finished. The policy is in pure functions tested with tables (``plan_eviction``,
-``expired``); starting engines, the memory probe and the clock are injected, so the
+finished. The policy is in pure functions tested with tables (``plan_load``,
+``plan_eviction``, ``expired``); placement, starting engines, the memory probe and the
+clock are injected, so the
 ``Scheduler`` itself is tested without llama-server.
 
 - N requests arriving together for a cold model share one load; a failed load fails them
   all with its reason.
-- A model loads if its memory estimate fits what is available; otherwise idle models are
-  stopped, least recently used first, until it fits. A model with requests in flight, or a
-  pinned one, is never evicted. A model that cannot fit even alone is refused with how much
-  it needs and how much there is. ``max_loaded`` caps the count the same way.
+- Memory is RAM and GPU memory together (``placement.Memory``). A model is placed (how
+  many layers on the GPU) for the memory it could have with every idle model stopped: more
+  layers on the GPU beat keeping an idle model loaded. Then idle models are stopped, least
+  recently used first, only until that placement fits. A model with requests in flight, or
+  a pinned one, is never evicted. A model that cannot fit even alone is refused with how
+  much it needs and how much there is. ``max_loaded`` caps the count the same way.
 - Each model runs at most ``parallel`` requests; up to ``max_queue`` more wait in arrival
   order; beyond that the request gets 429 with Retry-After. A waiter whose client leaves
   leaves the queue.
@@ -38,14 +41,17 @@ from offgrid.errors import (
     OverloadedError,
 )
 from offgrid.models.registry import ModelInfo, Registry
+from offgrid.placement import MIB, Memory, Placement
 
-__all__ = ["Lease", "Policy", "Scheduler", "SlotView", "expired", "plan_eviction"]
+__all__ = ["Lease", "Policy", "Scheduler", "SlotView", "expired", "plan_eviction", "plan_load"]
 
 log = logging.getLogger("offgrid.scheduler")
 
-StartFn = Callable[[ModelInfo], Awaitable[Engine]]
-EstimateFn = Callable[[ModelInfo], int]
+StartFn = Callable[[ModelInfo, Placement], Awaitable[Engine]]
+PlanFn = Callable[[ModelInfo, Memory], Placement]
+"""``plan(model, budget)``: the model's best placement within ``budget`` (may not fit)."""
 
+RESERVE = Memory(256 * MIB, 512 * MIB)
 CRASH_WINDOW = 120.0  # seconds in which repeated crashes count
 CRASH_LIMIT = 3  # crashes in the window before backing off
 
@@ -59,7 +65,8 @@ class Policy:
     parallel: int = 4
     keep_alive: float = 300.0
     pinned: frozenset[str] = frozenset()
-    reserve: int = 256 * 1024 * 1024  # memory left free for the system
+    reserve: Memory = RESERVE  # left free for the system and the GPU driver
+    vram_limit: int = 0  # most GPU memory all engines together may take (0: no limit)
     parallel_by_model: Mapping[str, int] = field(default_factory=dict)
 
     def parallel_of(self, model_id: str) -> int:
@@ -71,35 +78,56 @@ class SlotView:
     """What eviction needs to know of a loaded model."""
 
     model_id: str
-    memory: int
+    memory: Memory
     active: int
     last_used: float
     pinned: bool
 
 
-def plan_eviction(
-    need: int, available: int, loaded: Sequence[SlotView], max_loaded: int, reserve: int
-) -> list[str] | None:
-    """Models to stop so that a model needing ``need`` bytes fits, or None to wait.
+def _total(slots: Sequence[SlotView]) -> Memory:
+    return sum((s.memory for s in slots), Memory())
 
-    Raises InsufficientMemoryError when it cannot fit even with every evictable model
-    stopped and no request in flight anywhere.
-    """
+
+def plan_eviction(
+    need: Memory, free: Memory, loaded: Sequence[SlotView], max_loaded: int
+) -> list[str] | None:
+    """Idle models to stop, least recently used first, so that ``need`` fits in ``free``
+    and the count stays under ``max_loaded``; None when only a busy or pinned one could."""
     victims: list[str] = []
-    free = available - reserve
     count = len(loaded)
     idle = sorted((s for s in loaded if s.active == 0 and not s.pinned), key=lambda s: s.last_used)
     for slot in idle:
-        if need <= free and count < max_loaded:
+        if need.fits(free) and count < max_loaded:
             break
         victims.append(slot.model_id)
         free += slot.memory
         count -= 1
-    if need <= free and count < max_loaded:
-        return victims
-    at_best = available - reserve + sum(s.memory for s in loaded if not s.pinned)
-    if need > at_best:
-        raise InsufficientMemoryError(need, max(0, at_best))
+    return victims if need.fits(free) and count < max_loaded else None
+
+
+def plan_load(
+    plan: Callable[[Memory], Placement],
+    free: Memory,
+    loaded: Sequence[SlotView],
+    max_loaded: int,
+) -> tuple[Placement, list[str]] | None:
+    """Where a model goes and which idle models to stop for it, or None to wait.
+
+    ``plan(budget)`` places the model within a budget. The budget here is ``free`` plus
+    every idle model's memory; only as many idle models are stopped as that placement
+    needs. Raises InsufficientMemoryError when the model cannot fit even with every
+    other model stopped (busy ones included, pinned ones not).
+    """
+    idle = [s for s in loaded if s.active == 0 and not s.pinned]
+    budget = free + _total(idle)
+    best = plan(budget)
+    if best.need.fits(budget):
+        victims = plan_eviction(best.need, free, loaded, max_loaded)
+        if victims is not None:
+            return best, victims
+    at_best = free + _total([s for s in loaded if not s.pinned])
+    if not plan(at_best).need.fits(at_best):
+        raise InsufficientMemoryError(plan(at_best).need, at_best)
     return None
 
 
@@ -113,7 +141,7 @@ def expired(active: int, last_used: float, keep_alive: float, pinned: bool, now:
 @dataclass
 class _Slot:
     engine: Engine
-    memory: int
+    placement: Placement
     active: int = 0
     last_used: float = field(default_factory=time.monotonic)
     keep_alive: float = 300.0
@@ -152,14 +180,14 @@ class Scheduler:
         start: StartFn,
         *,
         policy: Policy | None = None,
-        estimate: EstimateFn = lambda m: m.size,
-        available: Callable[[], int] = lambda: 1 << 62,
+        plan: PlanFn = lambda m, _budget: Placement(0, Memory(m.size)),
+        available: Callable[[], Memory] = lambda: Memory(1 << 62),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.policy = policy or Policy()
         self._start = start
-        self._estimate = estimate
+        self._plan = plan
         self._available = available
         self._clock = clock
         self._slots: dict[str, _Slot] = {}
@@ -242,31 +270,30 @@ class Scheduler:
                 retry_after=int(health.backoff_until - now) + 1,
             )
         model = await asyncio.to_thread(self.registry.get, model_id)
-        need = self._estimate(model)
         async with self._load_lock:  # one placement decision at a time
             stale = self._slots.pop(model_id, None)
             if stale is not None:
                 await stale.engine.stop()
             async with self._changed:
                 while True:
-                    victims = plan_eviction(
-                        need,
-                        self._available(),
+                    decision = plan_load(
+                        lambda budget: self._plan(model, budget),
+                        self._free(),
                         self._views(),
                         self.policy.max_loaded,
-                        self.policy.reserve,
                     )
-                    if victims is not None:
+                    if decision is not None:
                         break
                     await self._changed.wait()
+            placement, victims = decision
             for victim in victims:
                 await self._unload(victim, "to make room")
             try:
-                engine = await self._start(model)
+                engine = await self._start(model, placement)
             except EngineUnavailableError as exc:
                 self._record_crash(model_id, exc.message)
                 raise
-        slot = _Slot(engine, need, keep_alive=self.policy.keep_alive, last_used=self._clock())
+        slot = _Slot(engine, placement, keep_alive=self.policy.keep_alive, last_used=self._clock())
         engine.on_exit = self._on_exit
         self._slots[model_id] = slot
         self._ensure_reaper()
@@ -274,9 +301,19 @@ class Scheduler:
 
     def _views(self) -> list[SlotView]:
         return [
-            SlotView(mid, s.memory, s.active, s.last_used, mid in self.policy.pinned)
+            SlotView(mid, s.placement.need, s.active, s.last_used, mid in self.policy.pinned)
             for mid, s in self._slots.items()
         ]
+
+    def _free(self) -> Memory:
+        """Memory a new engine may take now: what is available, less the reserve and
+        what the GPU memory limit leaves to the engines already loaded."""
+        free = self._available() - self.policy.reserve
+        vram = free.vram
+        if self.policy.vram_limit:
+            used = sum(s.placement.need.vram for s in self._slots.values())
+            vram = min(vram, self.policy.vram_limit - used)
+        return Memory(max(0, free.ram), max(0, vram))
 
     def _record_crash(self, model_id: str, reason: str) -> None:
         health = self._health[model_id]
@@ -403,7 +440,10 @@ class Scheduler:
                     "state": s.engine.state,
                     "pid": s.engine.pid,
                     "port": s.engine.port,
-                    "memory_bytes": s.memory,
+                    "memory_bytes": s.placement.need.ram + s.placement.need.vram,
+                    "ram_bytes": s.placement.need.ram,
+                    "vram_bytes": s.placement.need.vram,
+                    "gpu_layers": s.placement.gpu_layers,
                     "active_requests": s.active,
                     "queued_requests": len(s.waiters),
                     "parallel": self.policy.parallel_of(mid),

@@ -6,9 +6,11 @@ that is stopped (Ctrl-C, SIGTERM) leaves no child behind.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,14 +21,29 @@ from offgrid.api.errors import install_error_handlers
 from offgrid.api.openai_routes import router as openai_router
 from offgrid.api.proxy import ROUTES, ProxyApp
 from offgrid.api.relay import Relay
-from offgrid.config import Settings, parse_aliases, parse_duration, parse_model_settings
+from offgrid.config import (
+    Settings,
+    parse_aliases,
+    parse_duration,
+    parse_model_settings,
+    parse_size,
+)
 from offgrid.engine.build import EngineBinary, find_engine
 from offgrid.engine.process import Engine, EngineOptions
+from offgrid.errors import OffGridError
 from offgrid.models.registry import ModelInfo, Registry
-from offgrid.resources import available_memory, estimate_model_memory
+from offgrid.placement import AUTO, Memory, Placement, footprint, place
+from offgrid.resources import available_memory, gpu_free_memory, gpus
 from offgrid.scheduler import Policy, Scheduler
 
-__all__ = ["create_app", "engine_options", "make_starter", "scheduler_policy"]
+__all__ = [
+    "create_app",
+    "engine_options",
+    "make_starter",
+    "manages_gpu",
+    "plan_placement",
+    "scheduler_policy",
+]
 
 
 @functools.lru_cache(maxsize=8)
@@ -41,7 +58,9 @@ def engine_options(settings: Settings, model_id: str = "") -> EngineOptions:
         context=int(own.get("context_size", settings.max_context)),
         parallel=max(1, int(own.get("parallel", settings.parallel))),
         threads=int(own.get("threads", settings.num_threads)),
-        gpu_layers=int(own.get("gpu_layers", settings.gpu_layers)),
+        gpu_layers=layers
+        if (layers := int(own.get("gpu_layers", settings.gpu_layers))) >= 0
+        else None,
         extra_args=tuple(str(a) for a in own.get("extra_args", ())),
     )
 
@@ -56,25 +75,44 @@ def scheduler_policy(settings: Settings) -> Policy:
         keep_alive=parse_duration(settings.keep_alive),
         pinned=frozenset(pinned),
         parallel_by_model={m: engine_options(settings, m).parallel for m in per_model},
+        vram_limit=parse_size(settings.gpu_memory),
     )
 
 
-def estimate(settings: Settings, model: ModelInfo) -> int:
+def manages_gpu(settings: Settings) -> bool:
+    """Whether OffGrid places layers on GPUs itself: the engine can offload and the GPUs'
+    free memory can be read (NVIDIA). Otherwise models are counted in RAM and the
+    engine decides its own offload."""
+    try:
+        binary = find_engine(settings)
+    except OffGridError:
+        return False
+    return binary.offloads() and bool(gpus())
+
+
+def plan_placement(settings: Settings, gpu: bool, model: ModelInfo, budget: Memory) -> Placement:
+    """Where ``model`` runs within ``budget``, with its settings (``placement.place``)."""
     options = engine_options(settings, model.id)
-    return estimate_model_memory(
-        model.size, model.gguf, context=options.context, parallel=options.parallel
-    )
+    fp = footprint(model.size, model.gguf, context=options.context, parallel=options.parallel)
+    requested = AUTO if options.gpu_layers is None else options.gpu_layers
+    return place(fp, budget, gpu=gpu, requested=requested)
 
 
-def make_starter(settings: Settings) -> Callable[[ModelInfo], Awaitable[Engine]]:
-    """``start(model)`` for the scheduler: find the engine binary, then start it on ``model``."""
+def make_starter(
+    settings: Settings, gpu: bool
+) -> Callable[[ModelInfo, Placement], Awaitable[Engine]]:
+    """``start(model, placement)`` for the scheduler: find the engine, start it on ``model``
+    with the placement's GPU layers when OffGrid manages the GPU."""
 
-    async def start(model: ModelInfo) -> Engine:
+    async def start(model: ModelInfo, placement: Placement) -> Engine:
         binary: EngineBinary = find_engine(settings)
+        options = engine_options(settings, model.id)
+        if gpu:
+            options = replace(options, gpu_layers=placement.gpu_layers)
         return await Engine.start(
             binary,
             model,
-            engine_options(settings, model.id),
+            options,
             log_dir=settings.cache_dir / "logs",
             timeout=settings.load_timeout,
         )
@@ -122,12 +160,13 @@ def create_app(settings: Settings) -> ProxyApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = Registry(settings.models_dir, settings.cache_dir / "registry.sqlite")
+        gpu = await asyncio.to_thread(manages_gpu, settings)
         scheduler = Scheduler(
             registry,
-            make_starter(settings),
+            make_starter(settings, gpu),
             policy=scheduler_policy(settings),
-            estimate=functools.partial(estimate, settings),
-            available=available_memory,
+            plan=functools.partial(plan_placement, settings, gpu),
+            available=lambda: Memory(available_memory(), gpu_free_memory() if gpu else 0),
         )
         relay = Relay(scheduler)
         await relay.start()

@@ -35,7 +35,14 @@ def register(app: typer.Typer) -> None:
             "RAM",
             f"{human_size(facts.ram_total)} total, {human_size(facts.ram_available)} available",
         )
-        table.add_row("GPU", facts.gpu or "none detected")
+        for gpu in facts.gpus or ():
+            table.add_row(
+                f"GPU {gpu.index}",
+                f"{gpu.name} ({human_size(gpu.total)}, {human_size(gpu.free)} free, "
+                f"compute capability {gpu.compute_capability})",
+            )
+        if not facts.gpus:
+            table.add_row("GPU", "none detected")
         models = Registry(settings.models_dir, settings.cache_dir / "registry.sqlite").list()
         table.add_row("Models folder", f"{settings.models_dir} ({len(models)} models)")
         table.add_row("Config file", str(config_file_path(os.environ) or "none"))

@@ -32,14 +32,14 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
 def register(app: typer.Typer) -> None:
     @app.command()
     def ps() -> None:
-        """Show loaded models: memory, requests running and queued, expiry, pid, port."""
+        """Show loaded models: memory, GPU layers, requests running and queued, expiry, pid."""
         rows = _call("GET", "/api/ps")["models"]
         console = Console()
         if not rows:
             console.print("No model is loaded.")
             return
         table = Table()
-        for column in ("ID", "STATE", "MEMORY", "BUSY", "QUEUED", "UNTIL", "PID", "PORT"):
+        for column in ("ID", "STATE", "MEMORY", "GPU", "BUSY", "QUEUED", "UNTIL", "PID", "PORT"):
             table.add_column(column)
         now = time.time()
         for r in rows:
@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
                 r["id"],
                 r.get("state", ""),
                 human_size(r["memory_bytes"]) if r.get("memory_bytes") else "",
+                f"{r['gpu_layers']} layers, {human_size(r['vram_bytes'])}"
+                if r.get("gpu_layers")
+                else "",
                 f"{r.get('active_requests', '')}/{r.get('parallel', '')}"
                 if "parallel" in r
                 else "",

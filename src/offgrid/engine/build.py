@@ -9,6 +9,7 @@ appears only when the build is complete (built beside it, then renamed).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from offgrid.config import Settings
 from offgrid.errors import ConfigError, EngineUnavailableError, SetupError
 from offgrid.fetch import Progress, fetch_package_file
+from offgrid.resources import gpus
 
 __all__ = [
     "SOURCE",
@@ -72,7 +74,7 @@ BASE_FLAGS = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_OPENSSL=OFF",
 )
-BACKEND_FLAGS = {"cpu": (), "cuda": ("-DGGML_CUDA=ON",), "rocm": ("-DGGML_HIP=ON",)}
+BACKEND_FLAGS = {"cpu": (), "rocm": ("-DGGML_HIP=ON",)}
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,12 @@ class EngineBinary:
     @property
     def rpc_server(self) -> Path:
         return self.path.with_name("ggml-rpc-server")
+
+    def offloads(self) -> bool:
+        """Whether this engine can put layers on a GPU (asks a binary of unknown make)."""
+        if self.backend != "unknown":
+            return self.backend in ("cuda", "rocm")
+        return _lists_gpu(self.path)
 
     def version(self) -> str:
         """The engine's own ``--version`` line, e.g. ``version: 1 (0c1e570)``."""
@@ -104,6 +112,19 @@ class EngineBinary:
         return version
 
 
+@functools.cache
+def _lists_gpu(binary: Path) -> bool:
+    """Whether ``llama-server --list-devices`` names a GPU (it lists all but the CPU)."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--list-devices"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    devices = re.findall(r"^\s+([A-Za-z]+)\d*: ", out.stdout, re.MULTILINE)
+    return any(name.upper() not in ("CPU", "BLAS") for name in devices)  # BLAS: an accelerator
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     backend: str
@@ -116,6 +137,29 @@ def _gpu_visible() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
 
 
+def _nvcc() -> str | None:
+    """nvcc on the PATH, or where the CUDA toolkit installs it by default."""
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return shutil.which("nvcc") or (str(default) if default.is_file() else None)
+
+
+def _cuda_flags() -> tuple[str, ...]:
+    """CUDA flags: the toolkit's compiler, and kernels for this machine's GPUs only.
+
+    Left alone, ggml compiles its kernels for a dozen GPU generations: hours on a small
+    box. The GPUs that are here are the ones the engine will run on; a build forced on a
+    machine without a GPU keeps ggml's list.
+    """
+    flags = ["-DGGML_CUDA=ON"]
+    nvcc = _nvcc()
+    if nvcc and not shutil.which("nvcc"):
+        flags.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+    archs = sorted({g.compute_capability.replace(".", "") for g in gpus()})
+    if archs:
+        flags.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(archs)}")
+    return tuple(flags)
+
+
 def detect_backend(*, cpu_only: bool = False, cuda: bool = False) -> str:
     """``cuda`` when nvcc is installed and an NVIDIA GPU is visible, ``rocm`` likewise, else cpu.
 
@@ -124,7 +168,7 @@ def detect_backend(*, cpu_only: bool = False, cuda: bool = False) -> str:
     """
     if cpu_only:
         return "cpu"
-    if cuda or (shutil.which("nvcc") and _gpu_visible()):
+    if cuda or (_nvcc() and _gpu_visible()):
         return "cuda"
     if shutil.which("hipcc") and Path("/dev/kfd").exists():
         return "rocm"
@@ -132,7 +176,7 @@ def detect_backend(*, cpu_only: bool = False, cuda: bool = False) -> str:
 
 
 def plan_build(cache_dir: Path, backend: str) -> BuildPlan:
-    flags = BASE_FLAGS + BACKEND_FLAGS[backend]
+    flags = BASE_FLAGS + (_cuda_flags() if backend == "cuda" else BACKEND_FLAGS[backend])
     key = hashlib.sha256("\n".join((SOURCE.sha256, *flags)).encode()).hexdigest()[:16]
     return BuildPlan(backend, flags, key, cache_dir / "engine" / f"{backend}-{key}")
 

@@ -44,12 +44,16 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to run a model: per-request context, parallel slots, threads, GPU layers."""
+    """How to run a model: per-request context, parallel slots, threads, GPU layers.
+
+    ``gpu_layers`` None leaves offloading to the engine; a number is passed as ``-ngl``
+    with the engine's own fitting turned off, so the engine does what placement decided.
+    """
 
     context: int = 4096
     parallel: int = 4
     threads: int = 0
-    gpu_layers: int = 0
+    gpu_layers: int | None = None
     embeddings: bool = True
     extra_args: tuple[str, ...] = ()
 
@@ -103,8 +107,8 @@ def build_argv(
         "--jinja",
         "--no-webui",
     ]
-    if options.gpu_layers:
-        argv += ["--n-gpu-layers", str(options.gpu_layers)]
+    if options.gpu_layers is not None:
+        argv += ["--n-gpu-layers", str(options.gpu_layers), "--fit", "off"]
     if options.embeddings:
         argv += ["--embeddings", "--pooling", "mean"]
     return argv + template_args(model) + list(options.extra_args)

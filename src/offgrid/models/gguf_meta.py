@@ -1,5 +1,9 @@
 """GGUF metadata: what the registry and the memory estimate need, read from the header.
 
+Besides the hyperparameters it sums the bytes of each repeating layer's tensors
+(``blk.N.*``), of the input embeddings and of the output layer, so that placement can put
+whole layers on the GPU and count exactly what moves there.
+
 The ``gguf`` package supplies the format's constants (value types, file types). Its
 ``GGUFReader`` parses every element of every array, the tokenizer's 50k-260k strings
 included, which took 4.5 s for SmolLM2 and 23 s for Gemma 3 270M here; this reader skips
@@ -9,6 +13,7 @@ arrays it does not need and reads the same facts in milliseconds (docs/decisions
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,9 +56,30 @@ class GGUFInfo:
     head_count_kv: int
     key_length: int
     value_length: int
+    feed_forward_length: int
+    vocab_size: int
+    layer_bytes: tuple[int, ...]  # weights of each repeating layer, blk.0 first
+    input_bytes: int  # token embeddings and what else belongs to no layer
+    output_bytes: int  # output norm and projection
+    tied_output: bool  # no output projection: the engine reuses the token embeddings
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GGUFInfo:
+        """The inverse of ``as_dict`` (after JSON: lists back to tuples)."""
+        return cls(**{**data, "layer_bytes": tuple(data["layer_bytes"])})
+
+
+@dataclass(frozen=True)
+class _Array:
+    """An array value of the header, of which only the length is kept."""
+
+    length: int
+
+
+_LAYER = re.compile(r"blk\.(\d+)\.")
 
 
 class _Cursor:
@@ -73,6 +99,7 @@ class _Cursor:
         return raw.decode("utf-8", errors="replace")
 
     def value(self, vtype: int) -> Any:
+        """A scalar or string; for an array, its length (the elements are skipped)."""
         if vtype == GGUFValueType.STRING:
             return self.string()
         if vtype == GGUFValueType.ARRAY:
@@ -86,7 +113,7 @@ class _Cursor:
             else:
                 for _ in range(count):
                     self.value(etype)
-            return None
+            return _Array(count)
         return self.unpack(_SCALARS[vtype])
 
 
@@ -112,15 +139,32 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
         key = cur.string()
         kv[key] = cur.value(cur.unpack("<I"))
     parameters = 0
+    tensors: list[tuple[int, str]] = []  # (data offset, name)
     for _ in range(n_tensors):
-        cur.string()
+        name = cur.string()
         dims = [cur.unpack("<Q") for _ in range(cur.unpack("<I"))]
-        cur.pos += 4 + 8  # tensor type, data offset
+        cur.pos += 4  # tensor type
+        tensors.append((cur.unpack("<Q"), name))
         count = 1
         for d in dims:
             count *= d
         parameters += count
+    align = kv.get("general.alignment", 32)
+    align = align if isinstance(align, int) and align > 0 else 32
+    data_start = -(-cur.pos // align) * align
     arch = str(kv.get("general.architecture", "unknown"))
+    layers: dict[int, int] = {}
+    input_bytes = output_bytes = 0
+    tensors.sort()
+    ends = [offset for offset, _ in tensors[1:]] + [len(cur.buf) - data_start]
+    for (offset, name), end in zip(tensors, ends, strict=True):
+        size = max(0, end - offset)  # the next tensor's offset: the size, padding included
+        if match := _LAYER.match(name):
+            layers[int(match.group(1))] = layers.get(int(match.group(1)), 0) + size
+        elif name.startswith("output"):
+            output_bytes += size
+        else:
+            input_bytes += size
 
     def arch_int(key: str, default: int = 0) -> int:
         value = kv.get(f"{arch}.{key}", default)
@@ -135,6 +179,8 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
     heads = arch_int("attention.head_count")
     embd = arch_int("embedding_length")
     head_dim = embd // heads if heads else 0
+    vocab = kv.get("tokenizer.ggml.tokens")
+    block_count = arch_int("block_count", len(layers))
     return GGUFInfo(
         architecture=arch,
         name=str(kv.get("general.name") or path.stem),
@@ -142,10 +188,16 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
         quantization=quant,
         context_length=arch_int("context_length"),
         chat_template=bool(kv.get("tokenizer.chat_template")),
-        block_count=arch_int("block_count"),
+        block_count=block_count,
         embedding_length=embd,
         head_count=heads,
         head_count_kv=arch_int("attention.head_count_kv", heads),
         key_length=arch_int("attention.key_length", head_dim),
         value_length=arch_int("attention.value_length", head_dim),
+        feed_forward_length=arch_int("feed_forward_length", 4 * embd),
+        vocab_size=vocab.length if isinstance(vocab, _Array) else arch_int("vocab_size"),
+        layer_bytes=tuple(layers.get(i, 0) for i in range(block_count)),
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        tied_output=not any(name == "output.weight" for _, name in tensors),
     )

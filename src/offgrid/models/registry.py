@@ -114,6 +114,6 @@ class Registry:
         if row is None:
             return None
         try:
-            return GGUFInfo(**json.loads(row[0]))
-        except (TypeError, ValueError):
+            return GGUFInfo.from_dict(json.loads(row[0]))
+        except (TypeError, ValueError, KeyError):
             return None  # an index written by another version: read the file again

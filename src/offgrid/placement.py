@@ -1,0 +1,128 @@
+"""Memory a model needs, and where its layers go: pure functions over GGUF metadata.
+
+A model's ``Footprint`` counts, layer by layer, what llama-server allocates for it: the
+weights of each repeating layer with that layer's share of the KV cache, the input
+embeddings (always on the CPU), the output layer, and the compute buffers. ``place`` then
+chooses how many layers go to the GPU, the way llama-server's ``-ngl N`` assigns them:
+the output layer first, then repeating layers from the last one down. Everything not on
+the GPU stays in RAM. The scheduler calls ``place`` with the memory it can make free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from offgrid.models.gguf_meta import GGUFInfo
+
+__all__ = ["AUTO", "MIB", "Footprint", "Memory", "Placement", "footprint", "place"]
+
+MIB = 1024 * 1024
+AUTO = -1  # gpu_layers: as many as fit
+
+# Allowances checked against what the engines really took (docs/decisions.md): compute
+# buffers on the CPU, a share of the CPU-side weights, and what a GPU process costs on top
+# of its buffers (the CUDA context in VRAM, the runtime's libraries and pinned memory in RAM).
+CPU_COMPUTE = 96 * MIB
+GPU_CONTEXT = 512 * MIB
+GPU_HOST = 320 * MIB
+UBATCH = 512  # llama-server's default physical batch: its compute buffers scale with it
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes of RAM and of GPU memory (all GPUs together)."""
+
+    ram: int = 0
+    vram: int = 0
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.ram + other.ram, self.vram + other.vram)
+
+    def __sub__(self, other: Memory) -> Memory:
+        return Memory(self.ram - other.ram, self.vram - other.vram)
+
+    def fits(self, budget: Memory) -> bool:
+        return self.ram <= budget.ram and self.vram <= budget.vram
+
+    def describe(self) -> str:
+        gib = 1024**3
+        text = f"{self.ram / gib:.1f} GiB of RAM"
+        return text + (f" and {self.vram / gib:.1f} GiB of GPU memory" if self.vram else "")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one model needs for a given context and slot count, in placeable parts."""
+
+    input: int  # token embeddings: the engine keeps them on the CPU
+    layers: tuple[int, ...]  # each repeating layer: weights + its KV cache
+    output_cpu: int  # the output layer when it stays on the CPU
+    output_gpu: int  # ... on the GPU (tied embeddings are copied there)
+    gpu_compute: int  # compute buffers on the GPU once anything runs there
+
+    @property
+    def max_gpu_layers(self) -> int:
+        """``-ngl`` that puts everything on the GPU: the repeating layers + the output."""
+        return len(self.layers) + 1
+
+    def need(self, gpu_layers: int) -> Memory:
+        """RAM and VRAM with ``gpu_layers`` layers on the GPU (output first, as -ngl does)."""
+        g = max(0, min(gpu_layers, self.max_gpu_layers))
+        if g == 0:
+            weights = self.input + sum(self.layers) + self.output_cpu
+            return Memory(weights + weights // 10 + CPU_COMPUTE, 0)
+        on_gpu = self.layers[len(self.layers) - (g - 1) :] if g > 1 else ()
+        on_cpu = self.layers[: len(self.layers) - (g - 1)]
+        cpu_weights = self.input + sum(on_cpu)
+        ram = cpu_weights + cpu_weights // 10 + CPU_COMPUTE + GPU_HOST
+        vram = self.output_gpu + sum(on_gpu) + self.gpu_compute + GPU_CONTEXT
+        return Memory(ram, vram)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs: layers on the GPU (``-ngl``) and the memory that takes."""
+
+    gpu_layers: int
+    need: Memory
+
+
+def footprint(file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: int) -> Footprint:
+    """The footprint of a model at ``context`` tokens per request for each of ``parallel`` slots.
+
+    The KV cache is f16 for every layer (models with sliding-window layers use less, so
+    this errs high); the per-request context is capped at the model's trained context, as
+    ``build_argv`` does. A file whose metadata could not be read counts as one layer.
+    """
+    if gguf is None or not gguf.layer_bytes:
+        return Footprint(0, (file_size,), 0, 0, 0)
+    per_slot = min(context, gguf.context_length) if gguf.context_length else context
+    kv_layer = gguf.head_count_kv * (gguf.key_length + gguf.value_length) * 2
+    kv_layer *= per_slot * parallel
+    output_gpu = gguf.output_bytes + (gguf.input_bytes if gguf.tied_output else 0)
+    width = gguf.vocab_size + 3 * gguf.feed_forward_length + 6 * gguf.embedding_length
+    return Footprint(
+        input=gguf.input_bytes,
+        layers=tuple(b + kv_layer for b in gguf.layer_bytes),
+        output_cpu=gguf.output_bytes,
+        output_gpu=output_gpu,
+        gpu_compute=4 * UBATCH * width,
+    )
+
+
+def place(fp: Footprint, budget: Memory, *, gpu: bool, requested: int = AUTO) -> Placement:
+    """The placement of a model within ``budget``.
+
+    With no usable GPU everything is in RAM. ``requested`` ≥ 0 is the user's own
+    ``-ngl``; ``AUTO`` puts as many layers on the GPU as its share of the budget holds.
+    The result may not fit the budget: the caller checks ``need.fits(budget)``.
+    """
+    if not gpu:
+        return Placement(0, fp.need(0))
+    if requested >= 0:
+        layers = min(requested, fp.max_gpu_layers)
+        return Placement(layers, fp.need(layers))
+    layers = fp.max_gpu_layers
+    while layers > 0 and fp.need(layers).vram > budget.vram:
+        layers -= 1
+    return Placement(layers, fp.need(layers))

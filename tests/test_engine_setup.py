@@ -1,0 +1,85 @@
+"""How engines are built and started for GPUs: build flags, device probing, -ngl argv."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from offgrid.api.app import engine_options, plan_placement, scheduler_policy
+from offgrid.config import load_settings
+from offgrid.engine import build
+from offgrid.engine.build import EngineBinary, plan_build
+from offgrid.engine.process import build_argv
+from offgrid.models.registry import ModelInfo
+from offgrid.placement import Memory
+from offgrid.resources import Gpu
+
+
+def test_the_cpu_build_key_is_unchanged_so_cached_engines_stay_valid(tmp_path: Path) -> None:
+    assert plan_build(tmp_path, "cpu").folder.name == "cpu-5dac99c27940639a"
+
+
+def test_cuda_builds_kernels_for_the_gpus_that_are_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = [Gpu(0, "A", 1, 1, "9.0"), Gpu(1, "B", 1, 1, "8.6"), Gpu(2, "C", 1, 1, "9.0")]
+    monkeypatch.setattr(build, "gpus", lambda: here)
+    flags = plan_build(tmp_path, "cuda").flags
+    assert "-DGGML_CUDA=ON" in flags
+    assert "-DCMAKE_CUDA_ARCHITECTURES=86;90" in flags
+    monkeypatch.setattr(build, "gpus", list)
+    assert not any("ARCHITECTURES" in f for f in plan_build(tmp_path, "cuda").flags)
+
+
+def fake_engine(tmp_path: Path, output: str) -> Path:
+    path = tmp_path / "llama-server"
+    path.write_text(f"#!/bin/sh\ncat <<'END'\n{output}\nEND\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("output", "offloads"),
+    [
+        ("Available devices:\n  CUDA0: NVIDIA H100 80GB HBM3 (81559 MiB, 81000 MiB free)", True),
+        ("Available devices:\n  Vulkan0: AMD Radeon (16368 MiB, 16000 MiB free)", True),
+        ("Available devices:\n  (none)", False),
+        ("Available devices:\n  BLAS: OpenBLAS (0 MiB, 0 MiB free)", False),
+        ("load_backend: loaded CPU backend\nAvailable devices:\n", False),
+    ],
+)
+def test_an_engine_of_unknown_make_is_asked_for_its_devices(
+    tmp_path: Path, output: str, offloads: bool
+) -> None:
+    engine = EngineBinary(fake_engine(tmp_path, output), "unknown", "OFFGRID_LLAMA_SERVER")
+    assert engine.offloads() is offloads
+    assert EngineBinary(engine.path, "cuda", "cache").offloads()
+    assert not EngineBinary(engine.path, "cpu", "cache").offloads()
+
+
+def test_gpu_layers_reach_the_engine_only_when_set(tmp_path: Path) -> None:
+    model = ModelInfo("m", tmp_path / "m.gguf", 1, 0.0, None)
+    settings = load_settings({"HOME": str(tmp_path)})
+    argv = build_argv(Path("llama-server"), model, engine_options(settings, "m"), 1)
+    assert "--n-gpu-layers" not in argv  # default: placement decides, or the engine does
+    settings = load_settings(
+        {"HOME": str(tmp_path), "OFFGRID_MODEL_SETTINGS": '{"m": {"gpu_layers": 7}}'}
+    )
+    argv = build_argv(Path("llama-server"), model, engine_options(settings, "m"), 1)
+    assert argv[argv.index("--n-gpu-layers") :][:4] == ["--n-gpu-layers", "7", "--fit", "off"]
+
+
+def test_placement_follows_the_settings(tmp_path: Path) -> None:
+    model = ModelInfo("m", tmp_path / "m.gguf", 2**30, 0.0, None)
+    base = {"HOME": str(tmp_path)}
+    roomy = Memory(2**40, 2**40)
+    assert plan_placement(load_settings(base), True, model, roomy).gpu_layers == 2
+    assert plan_placement(load_settings(base), False, model, roomy).gpu_layers == 0
+    none = load_settings({**base, "OFFGRID_GPU_LAYERS": "0"})
+    assert plan_placement(none, True, model, roomy).gpu_layers == 0
+    limited = load_settings({**base, "OFFGRID_GPU_MEMORY": "12GiB"})
+    assert scheduler_policy(limited).vram_limit == 12 * 2**30
+    with pytest.raises(Exception, match="not a size"):
+        load_settings({**base, "OFFGRID_GPU_MEMORY": "lots"})
