@@ -23,6 +23,7 @@ Prints a JSON report (and writes it to --out). Run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -219,9 +220,11 @@ def scenarios(tmp: Path, models: Path, big: str, twin: str, big_need: Memory) ->
         streaming = threading.Event()
 
         def stream() -> None:
-            with requests.post(
-                f"{srv.url}/v1/chat/completions", json=body, stream=True, timeout=300
-            ) as resp:
+            url = f"{srv.url}/v1/chat/completions"
+            with (
+                contextlib.suppress(requests.RequestException),  # cut when the server stops
+                requests.post(url, json=body, stream=True, timeout=300) as resp,
+            ):
                 for _ in resp.iter_lines():
                     streaming.set()
 
@@ -250,6 +253,7 @@ def main() -> None:
     parser.add_argument("--ff", type=int, default=5632)
     parser.add_argument("--smoke", action="store_true", help="tiny models, GPU or not")
     args = parser.parse_args()
+    os.environ["LLAMA_ARG_LOG_VERBOSITY"] = "4"  # engines log their buffer sizes
     if args.smoke:
         args.layers, args.embd, args.ff = 4, 256, 704
     elif not gpus():

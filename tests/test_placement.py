@@ -19,25 +19,26 @@ from offgrid.placement import (
     place,
 )
 
-# Four repeating layers of 100 MiB, 50 MiB of input embeddings, a 30 MiB output layer
-# that takes 80 MiB on the GPU (tied embeddings are copied there), 20 MiB of GPU compute.
-FP = Footprint(50 * MIB, (100 * MIB,) * 4, 30 * MIB, 80 * MIB, 20 * MIB)
+# Four repeating layers of 100 MiB with 10 MiB of KV cache each, 50 MiB of input
+# embeddings, a 30 MiB output layer that takes 80 MiB on the GPU (tied embeddings are
+# copied there), 20 MiB of GPU compute.
+FP = Footprint(50 * MIB, (100 * MIB,) * 4, 10 * MIB, 30 * MIB, 80 * MIB, 20 * MIB)
 GPU_FIXED = GPU_CONTEXT + 20 * MIB
 
 
-def cpu_ram(weights_mib: int, gpu: bool) -> int:
+def cpu_ram(weights_mib: int, kv_layers: int, gpu: bool) -> int:
     weights = weights_mib * MIB
-    return weights + weights // 10 + CPU_COMPUTE + (GPU_HOST if gpu else 0)
+    return weights + weights // 10 + kv_layers * 10 * MIB + CPU_COMPUTE + (GPU_HOST if gpu else 0)
 
 
 @pytest.mark.parametrize(
     ("layers", "ram", "vram"),
     [
-        (0, cpu_ram(480, False), 0),
-        (1, cpu_ram(450, True), 80 * MIB + GPU_FIXED),  # -ngl 1: only the output layer
-        (2, cpu_ram(350, True), 180 * MIB + GPU_FIXED),  # then the last repeating layer
-        (5, cpu_ram(50, True), 480 * MIB + GPU_FIXED),  # everything but the input
-        (9, cpu_ram(50, True), 480 * MIB + GPU_FIXED),  # more than there are: all of them
+        (0, cpu_ram(480, 4, False), 0),
+        (1, cpu_ram(450, 4, True), 80 * MIB + GPU_FIXED),  # -ngl 1: only the output layer
+        (2, cpu_ram(350, 3, True), 190 * MIB + GPU_FIXED),  # then the last repeating layer
+        (5, cpu_ram(50, 0, True), 520 * MIB + GPU_FIXED),  # everything but the input
+        (9, cpu_ram(50, 0, True), 520 * MIB + GPU_FIXED),  # more than there are: all
     ],
 )
 def test_need_follows_how_the_engine_assigns_layers(layers: int, ram: int, vram: int) -> None:
@@ -50,7 +51,7 @@ def test_need_follows_how_the_engine_assigns_layers(layers: int, ram: int, vram:
         (10_000 * MIB, AUTO, 5),  # all layers fit
         (0, AUTO, 0),  # no GPU memory free: CPU only
         (GPU_FIXED + 79 * MIB, AUTO, 0),  # not even the output layer
-        (GPU_FIXED + 280 * MIB, AUTO, 3),  # output + 2 layers
+        (GPU_FIXED + 300 * MIB, AUTO, 3),  # output + 2 layers
         (10_000 * MIB, 0, 0),  # the user asked for none
         (10_000 * MIB, 2, 2),  # ... or for exactly two
         (0, 2, 2),  # an explicit request is kept; the scheduler checks the fit
@@ -67,7 +68,7 @@ def test_place_puts_as_many_layers_on_the_gpu_as_fit(
 def test_without_a_gpu_everything_is_in_ram() -> None:
     placement = place(FP, Memory(1 << 40, 1 << 40), gpu=False, requested=3)
     assert placement.gpu_layers == 0
-    assert placement.need == Memory(cpu_ram(480, False), 0)
+    assert placement.need == Memory(cpu_ram(480, 4, False), 0)
 
 
 def test_the_real_models_are_counted_layer_by_layer(model_store: Path) -> None:
@@ -80,7 +81,7 @@ def test_the_real_models_are_counted_layer_by_layer(model_store: Path) -> None:
         assert info.vocab_size > 40_000
         fp = footprint(path.stat().st_size, info, context=1024, parallel=2)
         kv = info.head_count_kv * (info.key_length + info.value_length) * 2 * 1024 * 2
-        assert fp.layers == tuple(b + kv for b in info.layer_bytes)
+        assert (fp.layers, fp.kv_layer) == (info.layer_bytes, kv)
         assert fp.output_gpu == info.output_bytes + info.input_bytes
         everything = fp.need(fp.max_gpu_layers)
         assert everything.ram == fp.input + fp.input // 10 + CPU_COMPUTE + GPU_HOST

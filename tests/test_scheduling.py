@@ -155,6 +155,13 @@ def test_admin_load_and_unload(serve: Callable[..., Server], models: Path) -> No
     r = requests.post(f"{srv.url}/api/models/a/load", json={"keep_alive": "-1"}, timeout=120)
     assert r.status_code == 200 and r.json()["pid"]
     assert loaded(srv) == {"a"}
+    [row] = srv.ps()
+    assert row["memory_bytes"] == row["ram_bytes"] + row["vram_bytes"]  # type: ignore[operator]
+    cmd = psutil.Process(int(str(row["pid"]))).cmdline()
+    if "--n-gpu-layers" in cmd:  # OffGrid placed it on a GPU: the engine got that many
+        assert cmd[cmd.index("--n-gpu-layers") + 1] == str(row["gpu_layers"])
+    else:  # a CPU engine: everything counted in RAM
+        assert (row["gpu_layers"], row["vram_bytes"]) == (0, 0)
     assert requests.post(f"{srv.url}/api/models/a/unload", timeout=60).json()["unloaded"]
     assert loaded(srv) == set()
     assert requests.post(f"{srv.url}/api/models/zzz/load", timeout=60).status_code == 404

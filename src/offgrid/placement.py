@@ -55,7 +55,8 @@ class Footprint:
     """What one model needs for a given context and slot count, in placeable parts."""
 
     input: int  # token embeddings: the engine keeps them on the CPU
-    layers: tuple[int, ...]  # each repeating layer: weights + its KV cache
+    layers: tuple[int, ...]  # the weights of each repeating layer
+    kv_layer: int  # the KV cache of one layer (on the same device as the layer)
     output_cpu: int  # the output layer when it stays on the CPU
     output_gpu: int  # ... on the GPU (tied embeddings are copied there)
     gpu_compute: int  # compute buffers on the GPU once anything runs there
@@ -68,15 +69,15 @@ class Footprint:
     def need(self, gpu_layers: int) -> Memory:
         """RAM and VRAM with ``gpu_layers`` layers on the GPU (output first, as -ngl does)."""
         g = max(0, min(gpu_layers, self.max_gpu_layers))
+        cpu_layers = self.layers[: len(self.layers) - max(0, g - 1)]
+        weights = self.input + sum(cpu_layers) + (self.output_cpu if g == 0 else 0)
+        ram = weights + weights // 10 + len(cpu_layers) * self.kv_layer + CPU_COMPUTE
         if g == 0:
-            weights = self.input + sum(self.layers) + self.output_cpu
-            return Memory(weights + weights // 10 + CPU_COMPUTE, 0)
-        on_gpu = self.layers[len(self.layers) - (g - 1) :] if g > 1 else ()
-        on_cpu = self.layers[: len(self.layers) - (g - 1)]
-        cpu_weights = self.input + sum(on_cpu)
-        ram = cpu_weights + cpu_weights // 10 + CPU_COMPUTE + GPU_HOST
-        vram = self.output_gpu + sum(on_gpu) + self.gpu_compute + GPU_CONTEXT
-        return Memory(ram, vram)
+            return Memory(ram, 0)
+        on_gpu = self.layers[len(cpu_layers) :]
+        vram = sum(on_gpu) + len(on_gpu) * self.kv_layer + self.output_gpu
+        vram += self.gpu_compute + GPU_CONTEXT
+        return Memory(ram + GPU_HOST, vram)
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def footprint(file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: 
     ``build_argv`` does. A file whose metadata could not be read counts as one layer.
     """
     if gguf is None or not gguf.layer_bytes:
-        return Footprint(0, (file_size,), 0, 0, 0)
+        return Footprint(0, (file_size,), 0, 0, 0, 0)
     per_slot = min(context, gguf.context_length) if gguf.context_length else context
     kv_layer = gguf.head_count_kv * (gguf.key_length + gguf.value_length) * 2
     kv_layer *= per_slot * parallel
@@ -103,7 +104,8 @@ def footprint(file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: 
     width = gguf.vocab_size + 3 * gguf.feed_forward_length + 6 * gguf.embedding_length
     return Footprint(
         input=gguf.input_bytes,
-        layers=tuple(b + kv_layer for b in gguf.layer_bytes),
+        layers=gguf.layer_bytes,
+        kv_layer=kv_layer,
         output_cpu=gguf.output_bytes,
         output_gpu=output_gpu,
         gpu_compute=4 * UBATCH * width,

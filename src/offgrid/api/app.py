@@ -87,7 +87,7 @@ def manages_gpu(settings: Settings) -> bool:
         binary = find_engine(settings)
     except OffGridError:
         return False
-    return binary.offloads() and bool(gpus())
+    return bool(gpus()) and binary.offloads()  # no GPU: no need to ask the engine
 
 
 def plan_placement(settings: Settings, gpu: bool, model: ModelInfo, budget: Memory) -> Placement:

@@ -117,7 +117,7 @@ def _lists_gpu(binary: Path) -> bool:
     """Whether ``llama-server --list-devices`` names a GPU (it lists all but the CPU)."""
     try:
         out = subprocess.run(
-            [str(binary), "--list-devices"], capture_output=True, text=True, timeout=60
+            [str(binary), "--list-devices"], capture_output=True, text=True, timeout=20
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
