@@ -41,7 +41,7 @@ import requests
 
 from offgrid.config import load_settings
 from offgrid.engine.build import find_engine
-from offgrid.engine.process import EngineOptions, build_argv, free_port
+from offgrid.engine.process import EngineOptions, build_argv, engine_env, free_port
 from offgrid.models.registry import Registry
 from offgrid.placement import MIB, Memory, footprint
 from offgrid.resources import gpus
@@ -118,7 +118,8 @@ def calibrate(tmp: Path, models: Path, model_id: str, layer_counts: list[int]) -
         log = tmp / f"direct-{model_id}-{ngl}.log"
         argv = build_argv(binary.path, model, replace(options, gpu_layers=ngl), port)
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
+            env = engine_env(replace(options, gpu_layers=ngl))
+            proc = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True, env=env)
         url = f"http://127.0.0.1:{port}"
         try:
             up = lambda p=proc, u=url: p.poll() is not None or healthy(u)  # noqa: E731

@@ -11,7 +11,7 @@ from offgrid.api.app import engine_options, plan_placement, scheduler_policy
 from offgrid.config import load_settings
 from offgrid.engine import build
 from offgrid.engine.build import EngineBinary, plan_build
-from offgrid.engine.process import build_argv
+from offgrid.engine.process import EngineOptions, build_argv, engine_env
 from offgrid.models.registry import ModelInfo
 from offgrid.placement import Memory
 from offgrid.resources import Gpu
@@ -83,3 +83,12 @@ def test_placement_follows_the_settings(tmp_path: Path) -> None:
     assert scheduler_policy(limited).vram_limit == 12 * 2**30
     with pytest.raises(Exception, match="not a size"):
         load_settings({**base, "OFFGRID_GPU_MEMORY": "lots"})
+
+
+def test_an_engine_with_no_gpu_layers_sees_no_gpu() -> None:
+    """A CUDA engine at -ngl 0 still took 518-812 MiB of VRAM on an H200 (context, prompt
+    batches); hidden from the GPU it took none (docs/decisions.md)."""
+    env = engine_env(EngineOptions(gpu_layers=0))
+    assert env is not None and env["CUDA_VISIBLE_DEVICES"] == "" == env["HIP_VISIBLE_DEVICES"]
+    assert engine_env(EngineOptions(gpu_layers=5)) is None
+    assert engine_env(EngineOptions()) is None  # the engine decides: leave it be

@@ -20,11 +20,11 @@ MIB = 1024 * 1024
 AUTO = -1  # gpu_layers: as many as fit
 
 # Allowances checked against what the engines really took (docs/decisions.md): compute
-# buffers on the CPU, a share of the CPU-side weights, and what a GPU process costs on top
+# buffers on the CPU, a share of the CPU-side weights, and what a GPU engine costs on top
 # of its buffers (the CUDA context in VRAM, the runtime's libraries and pinned memory in RAM).
 CPU_COMPUTE = 96 * MIB
-GPU_CONTEXT = 512 * MIB
-GPU_HOST = 320 * MIB
+GPU_CONTEXT = 704 * MIB  # measured 690 MiB on an H200 with CUDA 13 (docs/decisions.md)
+GPU_HOST = 384 * MIB  # measured ~470 MiB of RSS beyond the buffers, less the 96 above
 UBATCH = 512  # llama-server's default physical batch: its compute buffers scale with it
 
 
@@ -76,8 +76,7 @@ class Footprint:
             return Memory(ram, 0)
         on_gpu = self.layers[len(cpu_layers) :]
         vram = sum(on_gpu) + len(on_gpu) * self.kv_layer + self.output_gpu
-        vram += self.gpu_compute + GPU_CONTEXT
-        return Memory(ram + GPU_HOST, vram)
+        return Memory(ram, vram + self.gpu_compute + GPU_CONTEXT)
 
 
 @dataclass(frozen=True)
@@ -117,14 +116,12 @@ def place(fp: Footprint, budget: Memory, *, gpu: bool, requested: int = AUTO) ->
 
     With no usable GPU everything is in RAM. ``requested`` ≥ 0 is the user's own
     ``-ngl``; ``AUTO`` puts as many layers on the GPU as its share of the budget holds.
+    A GPU engine takes ``GPU_HOST`` more RAM for its runtime, whatever its layers.
     The result may not fit the budget: the caller checks ``need.fits(budget)``.
     """
     if not gpu:
         return Placement(0, fp.need(0))
-    if requested >= 0:
-        layers = min(requested, fp.max_gpu_layers)
-        return Placement(layers, fp.need(layers))
-    layers = fp.max_gpu_layers
-    while layers > 0 and fp.need(layers).vram > budget.vram:
+    layers = min(requested, fp.max_gpu_layers) if requested >= 0 else fp.max_gpu_layers
+    while requested < 0 and layers > 0 and fp.need(layers).vram > budget.vram:
         layers -= 1
-    return Placement(layers, fp.need(layers))
+    return Placement(layers, fp.need(layers) + Memory(GPU_HOST, 0))

@@ -33,6 +33,7 @@ __all__ = [
     "EngineOptions",
     "build_argv",
     "describe_exit",
+    "engine_env",
     "free_port",
     "template_args",
 ]
@@ -114,6 +115,18 @@ def build_argv(
     return argv + template_args(model) + list(options.extra_args)
 
 
+def engine_env(options: EngineOptions) -> dict[str, str] | None:
+    """The engine's environment: with 0 GPU layers it sees no GPU at all.
+
+    A CUDA engine at ``-ngl 0`` still creates a CUDA context and runs prompt batches on
+    the GPU (about 800 MiB of VRAM measured), which a model placed on the CPU because
+    the GPU is full must not take.
+    """
+    if options.gpu_layers != 0:
+        return None
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the engine binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -190,7 +203,7 @@ class Engine:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"engine-{model.id}.log"
         engine = cls(model, argv, port, log_path, host)
-        await engine._spawn()
+        await engine._spawn(engine_env(options))
         try:
             await engine._wait_ready(timeout)
         except BaseException:
@@ -206,7 +219,7 @@ class Engine:
         )
         return engine
 
-    async def _spawn(self) -> None:
+    async def _spawn(self, env: dict[str, str] | None) -> None:
         with self.log_path.open("wb") as out:
             out.write(("$ " + " ".join(self.argv) + "\n").encode())
             out.flush()
@@ -218,6 +231,7 @@ class Engine:
                     stderr=out,
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
+                    env=env,
                 )
             except OSError as exc:
                 raise EngineUnavailableError(
