@@ -8,7 +8,9 @@
   throughput: aggregate decode tokens/s at 1, 4 and 8 concurrent streams, OffGrid ÷
               direct (8 streams queue in OffGrid and in the engine)  goal >= 0.98
 
-Run: .venv/bin/python bench/scheduler.py [--rounds 5]
+Run: .venv/bin/python bench/scheduler.py [--rounds 5] [--aa]
+(--aa: a second direct engine takes OffGrid's place in the throughput part, to show how
+far two identical engines differ on this machine: the noise floor of those ratios)
 """
 
 from __future__ import annotations
@@ -100,18 +102,25 @@ async def run(args: argparse.Namespace) -> None:
         direct = bench.start_direct("a", port, "direct.log")
         direct_url = f"http://127.0.0.1:{port}"
         wait_health(direct_url, direct)
-        await decode_rate(og_url, "a", 4, 16)
+        other_url = og_url
+        if args.aa:
+            port_b = free_port()
+            other = bench.start_direct("a", port_b, "direct-b.log")
+            other_url = f"http://127.0.0.1:{port_b}"
+            wait_health(other_url, other)
+        await decode_rate(other_url, "a", 4, 16)
         await decode_rate(direct_url, "a", 4, 16)
         rates: dict[tuple[str, int], list[float]] = {}
-        targets = [("direct", direct_url), ("offgrid", og_url)]
+        targets = [("direct", direct_url), ("offgrid", other_url)]
         for r in range(args.rounds):
             for streams in (1, 4, 8):
                 for name, url in targets if r % 2 == 0 else targets[::-1]:
                     rate = await aggregate_rate(url, "a", streams, args.tokens)
                     rates.setdefault((name, streams), []).append(rate)
             print(f"throughput round {r + 1}/{args.rounds} done", file=sys.stderr)
-        direct.terminate()
-        direct.wait(30)
+        for proc in (direct, other) if args.aa else (direct,):
+            proc.terminate()
+            proc.wait(30)
     finally:
         offgrid.terminate()
         offgrid.wait(30)
@@ -119,6 +128,8 @@ async def run(args: argparse.Namespace) -> None:
     med = statistics.median
     print(f"\nscheduler benchmark: {STARTER.model_id} (as a, b), {binary.version()}")
     print(f"rounds={args.rounds} threads={args.threads} -c 4096x4 -np 4\n")
+    if args.aa:
+        print("A/A: the throughput 'offgrid' column is a second direct engine\n")
     print(f"{'metric (median)':<34}{'direct':>10}{'offgrid':>10}{'ratio':>9}{'paired':>9}")
     d, o = med(cold_direct), med(cold_og)
     paired = med(b / a for a, b in zip(cold_direct, cold_og, strict=True))
@@ -139,6 +150,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--aa", action="store_true", help="throughput: direct vs direct")
     asyncio.run(run(parser.parse_args()))
 
 
