@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from offgrid.config import load_settings
 from offgrid.engine import build
 from offgrid.engine.build import EngineBinary, plan_build
 from offgrid.engine.process import EngineOptions, build_argv, engine_env
+from offgrid.errors import EngineUnavailableError
 from offgrid.models.registry import ModelInfo
 from offgrid.placement import Memory
 from offgrid.resources import Gpu
@@ -92,3 +94,22 @@ def test_an_engine_with_no_gpu_layers_sees_no_gpu() -> None:
     assert env is not None and env["CUDA_VISIBLE_DEVICES"] == "" == env["HIP_VISIBLE_DEVICES"]
     assert engine_env(EngineOptions(gpu_layers=5)) is None
     assert engine_env(EngineOptions()) is None  # the engine decides: leave it be
+
+
+def test_a_gpu_build_is_found_while_the_gpus_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service that starts before the NVIDIA driver answers still gets its CUDA engine
+    (the build's key names the GPU architectures, which NVML cannot tell yet)."""
+    built = tmp_path / "engine" / "cuda-0123456789abcdef"
+    (built / "bin").mkdir(parents=True)
+    (built / "bin" / "llama-server").write_text("")
+    (built / "ENGINE.json").write_text(json.dumps({"source": {"sha256": build.SOURCE.sha256}}))
+    monkeypatch.setattr(build, "detect_backend", lambda: "cuda")
+    monkeypatch.setattr(build, "gpus", list)
+    settings = load_settings({"HOME": str(tmp_path), "OFFGRID_CACHE_DIR": str(tmp_path)})
+    engine = build.find_engine(settings)
+    assert (engine.backend, engine.path) == ("cuda", built / "bin" / "llama-server")
+    (built / "ENGINE.json").write_text(json.dumps({"source": {"sha256": "other"}}))
+    with pytest.raises(EngineUnavailableError):  # other sources: not this engine
+        build.find_engine(settings)

@@ -185,6 +185,14 @@ def _complete(folder: Path) -> bool:
     return (folder / "ENGINE.json").is_file() and (folder / "bin" / "llama-server").is_file()
 
 
+def _source_of(folder: Path) -> str:
+    """The sdist sha256 a completed build was made from."""
+    try:
+        return str(json.loads((folder / "ENGINE.json").read_text())["source"]["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def find_engine(settings: Settings) -> EngineBinary:
     """The engine to run: ``OFFGRID_LLAMA_SERVER``, else the best completed build in the cache."""
     if settings.llama_server:
@@ -195,8 +203,12 @@ def find_engine(settings: Settings) -> EngineBinary:
     preferred = detect_backend()
     for backend in dict.fromkeys((preferred, "cpu")):
         plan = plan_build(settings.cache_dir, backend)
-        if _complete(plan.folder):
-            return EngineBinary(plan.folder / "bin" / "llama-server", backend, str(plan.folder))
+        folders = [plan.folder]
+        if backend != "cpu":  # a GPU build whose key the GPUs cannot confirm right now
+            folders += sorted(plan.folder.parent.glob(f"{backend}-*"))  # (driver not up yet)
+        for folder in folders:
+            if _complete(folder) and _source_of(folder) == SOURCE.sha256:
+                return EngineBinary(folder / "bin" / "llama-server", backend, str(folder))
     raise EngineUnavailableError(
         "No llama-server engine is installed. Run `offgrid setup` (builds it once, "
         "about 15 minutes on 2 cores) or set OFFGRID_LLAMA_SERVER to an existing binary."
