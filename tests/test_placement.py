@@ -8,7 +8,6 @@ import pytest
 
 from offgrid.models.gguf_meta import read_gguf_info
 from offgrid.placement import (
-    AUTO,
     CPU_COMPUTE,
     GPU_CONTEXT,
     GPU_HOST,
@@ -48,17 +47,17 @@ def test_need_follows_how_the_engine_assigns_layers(layers: int, ram: int, vram:
 @pytest.mark.parametrize(
     ("vram_budget", "requested", "expect"),
     [
-        (10_000 * MIB, AUTO, 5),  # all layers fit
-        (0, AUTO, 0),  # no GPU memory free: CPU only
-        (GPU_FIXED + 79 * MIB, AUTO, 0),  # not even the output layer
-        (GPU_FIXED + 300 * MIB, AUTO, 3),  # output + 2 layers
+        (10_000 * MIB, None, 5),  # all layers fit
+        (0, None, 0),  # no GPU memory free: CPU only
+        (GPU_FIXED + 79 * MIB, None, 0),  # not even the output layer
+        (GPU_FIXED + 300 * MIB, None, 3),  # output + 2 layers
         (10_000 * MIB, 0, 0),  # the user asked for none
         (10_000 * MIB, 2, 2),  # ... or for exactly two
         (0, 2, 2),  # an explicit request is kept; the scheduler checks the fit
     ],
 )
 def test_place_puts_as_many_layers_on_the_gpu_as_fit(
-    vram_budget: int, requested: int, expect: int
+    vram_budget: int, requested: int | None, expect: int
 ) -> None:
     placement = place(FP, Memory(1 << 40, vram_budget), gpu=True, requested=requested)
     assert placement.gpu_layers == expect

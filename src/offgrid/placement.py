@@ -1,8 +1,8 @@
 """Memory a model needs, and where its layers go: pure functions over GGUF metadata.
 
 A model's ``Footprint`` counts, layer by layer, what llama-server allocates for it: the
-weights of each repeating layer with that layer's share of the KV cache, the input
-embeddings (always on the CPU), the output layer, and the compute buffers. ``place`` then
+weights of each repeating layer and its share of the KV cache, the input embeddings
+(always on the CPU), the output layer, and the compute buffers. ``place`` then
 chooses how many layers go to the GPU, the way llama-server's ``-ngl N`` assigns them:
 the output layer first, then repeating layers from the last one down. Everything not on
 the GPU stays in RAM. The scheduler calls ``place`` with the memory it can make free.
@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 from offgrid.models.gguf_meta import GGUFInfo
 
-__all__ = ["AUTO", "MIB", "Footprint", "Memory", "Placement", "footprint", "place"]
+__all__ = ["MIB", "Footprint", "Memory", "Placement", "footprint", "place"]
 
 MIB = 1024 * 1024
-AUTO = -1  # gpu_layers: as many as fit
 
 # Allowances checked against what the engines really took (docs/decisions.md): compute
 # buffers on the CPU, a share of the CPU-side weights, and what a GPU engine costs on top
@@ -111,17 +110,17 @@ def footprint(file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: 
     )
 
 
-def place(fp: Footprint, budget: Memory, *, gpu: bool, requested: int = AUTO) -> Placement:
+def place(fp: Footprint, budget: Memory, *, gpu: bool, requested: int | None = None) -> Placement:
     """The placement of a model within ``budget``.
 
-    With no usable GPU everything is in RAM. ``requested`` ≥ 0 is the user's own
-    ``-ngl``; ``AUTO`` puts as many layers on the GPU as its share of the budget holds.
+    With no usable GPU everything is in RAM. ``requested`` is the user's own ``-ngl``;
+    None puts as many layers on the GPU as its share of the budget holds.
     A GPU engine takes ``GPU_HOST`` more RAM for its runtime, whatever its layers.
     The result may not fit the budget: the caller checks ``need.fits(budget)``.
     """
     if not gpu:
         return Placement(0, fp.need(0))
-    layers = min(requested, fp.max_gpu_layers) if requested >= 0 else fp.max_gpu_layers
-    while requested < 0 and layers > 0 and fp.need(layers).vram > budget.vram:
+    layers = fp.max_gpu_layers if requested is None else min(requested, fp.max_gpu_layers)
+    while requested is None and layers > 0 and fp.need(layers).vram > budget.vram:
         layers -= 1
     return Placement(layers, fp.need(layers) + Memory(GPU_HOST, 0))

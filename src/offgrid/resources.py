@@ -68,8 +68,10 @@ def _visible(count: int) -> list[int]:
     mask = os.environ.get("CUDA_VISIBLE_DEVICES")
     if mask is None:
         return list(range(count))
+    if not mask.strip():
+        return []  # all hidden
     wanted = [int(p) for p in mask.split(",") if p.strip().isdigit()]
-    return [i for i in wanted if i < count] if wanted or not mask.strip() else list(range(count))
+    return [i for i in wanted if i < count] if wanted else list(range(count))  # UUIDs: all
 
 
 def gpus() -> list[Gpu]:

@@ -126,8 +126,8 @@ def plan_load(
         if victims is not None:
             return best, victims
     at_best = free + _total([s for s in loaded if not s.pinned])
-    if not plan(at_best).need.fits(at_best):
-        raise InsufficientMemoryError(plan(at_best).need, at_best)
+    if not (alone := plan(at_best)).need.fits(at_best):
+        raise InsufficientMemoryError(alone.need, at_best)
     return None
 
 

@@ -32,7 +32,7 @@ from offgrid.engine.build import EngineBinary, find_engine
 from offgrid.engine.process import Engine, EngineOptions
 from offgrid.errors import OffGridError
 from offgrid.models.registry import ModelInfo, Registry
-from offgrid.placement import AUTO, Memory, Placement, footprint, place
+from offgrid.placement import Memory, Placement, footprint, place
 from offgrid.resources import available_memory, gpu_free_memory, gpus
 from offgrid.scheduler import Policy, Scheduler
 
@@ -54,13 +54,12 @@ def _model_settings(text: str) -> dict[str, dict[str, Any]]:
 def engine_options(settings: Settings, model_id: str = "") -> EngineOptions:
     """How to run ``model_id``: the global settings, with its per-model settings on top."""
     own = _model_settings(settings.model_settings).get(model_id, {})
+    layers = int(own.get("gpu_layers", settings.gpu_layers))  # negative: as many as fit
     return EngineOptions(
         context=int(own.get("context_size", settings.max_context)),
         parallel=max(1, int(own.get("parallel", settings.parallel))),
         threads=int(own.get("threads", settings.num_threads)),
-        gpu_layers=layers
-        if (layers := int(own.get("gpu_layers", settings.gpu_layers))) >= 0
-        else None,
+        gpu_layers=layers if layers >= 0 else None,
         extra_args=tuple(str(a) for a in own.get("extra_args", ())),
     )
 
@@ -94,8 +93,7 @@ def plan_placement(settings: Settings, gpu: bool, model: ModelInfo, budget: Memo
     """Where ``model`` runs within ``budget``, with its settings (``placement.place``)."""
     options = engine_options(settings, model.id)
     fp = footprint(model.size, model.gguf, context=options.context, parallel=options.parallel)
-    requested = AUTO if options.gpu_layers is None else options.gpu_layers
-    return place(fp, budget, gpu=gpu, requested=requested)
+    return place(fp, budget, gpu=gpu, requested=options.gpu_layers)
 
 
 def make_starter(
