@@ -109,7 +109,7 @@ def chat(url: str, model: str, tokens: int = 8) -> None:
 def calibrate(tmp: Path, models: Path, model_id: str, layer_counts: list[int]) -> list[Any]:
     """Direct engines at each -ngl: estimate against reality."""
     binary = find_engine(load_settings())
-    model = Registry(models, tmp / "index.sqlite").get(model_id)
+    model = Registry([models], tmp / "index.sqlite").get(model_id)
     options = EngineOptions(context=4096, parallel=4)
     fp = footprint(model.size, model.gguf, context=4096, parallel=4)
     rows = []
@@ -278,7 +278,7 @@ def main() -> None:
     )
     small.tied = True
     write_model(models / "small-tied.gguf", args.donor, small)
-    model = Registry(models, tmp / "index.sqlite").get("big")
+    model = Registry([models], tmp / "index.sqlite").get("big")
     fp = footprint(model.size, model.gguf, context=4096, parallel=4)
     n = fp.max_gpu_layers
     report: dict[str, Any] = {

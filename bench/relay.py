@@ -136,7 +136,7 @@ class Bench:
         return cls(find_engine(settings), tmp, models, threads, gpu_layers)
 
     def model(self, model_id: str) -> ModelInfo:
-        return Registry(self.models, self.tmp / "index.sqlite").get(model_id)
+        return Registry([self.models], self.tmp / "index.sqlite").get(model_id)
 
     def options(self) -> EngineOptions:
         return EngineOptions(

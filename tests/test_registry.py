@@ -35,7 +35,7 @@ def test_metadata_of_the_two_models(model_store: Path) -> None:
 def test_ids_are_file_names_without_gguf(models: Path, tmp_path: Path) -> None:
     (models / ".partial.gguf").write_bytes(b"GGUF")
     (models / "notes.txt").write_text("x")
-    reg = Registry(models, tmp_path / "index.sqlite")
+    reg = Registry([models], tmp_path / "index.sqlite")
     assert reg.ids() == [STARTER_ID, GEMMA_ID] or reg.ids() == sorted([STARTER_ID, GEMMA_ID])
     with pytest.raises(ModelNotFoundError, match=STARTER_ID):
         reg.get("../etc/passwd")
@@ -54,12 +54,12 @@ def test_listing_never_rereads_unchanged_files(
     monkeypatch.setattr(registry_mod, "read_gguf_info", counting)
     (models / STARTER.file_name).unlink()  # a copy, not a link: its mtime changes below
     shutil.copy(model_store / STARTER.file_name, models / STARTER.file_name)
-    Registry(models, tmp_path / "index.sqlite").list()
+    Registry([models], tmp_path / "index.sqlite").list()
     assert len(calls) == 2
-    Registry(models, tmp_path / "index.sqlite").list()  # new process, same index: no reads
+    Registry([models], tmp_path / "index.sqlite").list()  # new process, same index: no reads
     assert len(calls) == 2
     os.utime(models / STARTER.file_name, ns=(10**18, 10**18))  # a changed file is read again
-    Registry(models, tmp_path / "index.sqlite").list()
+    Registry([models], tmp_path / "index.sqlite").list()
     assert len(calls) == 3
 
 
@@ -67,5 +67,5 @@ def test_a_file_that_is_not_gguf_is_listed_with_its_problem(tmp_path: Path) -> N
     models = tmp_path / "models"
     models.mkdir()
     (models / "broken.gguf").write_bytes(b"not a model at all")
-    [info] = Registry(models, tmp_path / "index.sqlite").list()
-    assert info.gguf is None and info.error and "not a readable GGUF" in info.error
+    [info] = Registry([models], tmp_path / "index.sqlite").list()
+    assert info.gguf is None and info.error and "not a GGUF model file" in info.error

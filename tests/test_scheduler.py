@@ -135,7 +135,7 @@ class FakeEngine:
 
 
 class FakeRegistry:
-    def get(self, model_id: str) -> ModelInfo:
+    def checked(self, model_id: str) -> ModelInfo:
         return ModelInfo(model_id, Path(f"/m/{model_id}.gguf"), GB, 0.0, None)
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "Setting",
     "Settings",
     "config_file_path",
+    "human_size",
     "load_settings",
     "parse_aliases",
     "parse_duration",
@@ -61,6 +62,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 11611
     models_dir: Path = field(default_factory=lambda: _data_home(os.environ) / "offgrid" / "models")
+    extra_model_dirs: str = ""
+    data_dir: Path = field(default_factory=lambda: _data_home(os.environ) / "offgrid")
     cache_dir: Path = field(default_factory=lambda: _cache_home(os.environ) / "offgrid")
     llama_server: str = ""
     num_threads: int = 0
@@ -88,6 +91,12 @@ class Settings:
         sources = dict(self.sources) | dict.fromkeys(given, "flag")
         return replace(self, **coerced, sources=sources)
 
+    @property
+    def model_folders(self) -> list[Path]:
+        """The models folder (where imports go) and then the extra folders, in order."""
+        extra = self.extra_model_dirs.split(os.pathsep)
+        return [self.models_dir, *(Path(os.path.expanduser(p)) for p in extra if p.strip())]
+
     def as_rows(self) -> list[tuple[str, str, str, str]]:
         """(env name, value, source, meaning) for every setting, for display."""
         return [
@@ -100,6 +109,18 @@ FIELDS: tuple[Setting, ...] = (
     Setting("host", "OFFGRID_HOST", "server.host", "Bind address (loopback by default)"),
     Setting("port", "OFFGRID_PORT", "server.port", "HTTP port of the API"),
     Setting("models_dir", "OFFGRID_MODELS_DIR", "models.directory", "Folder of *.gguf models"),
+    Setting(
+        "extra_model_dirs",
+        "OFFGRID_EXTRA_MODEL_DIRS",
+        "models.extra_directories",
+        "More model folders, scanned in place (read-only is fine), separated by ':'",
+    ),
+    Setting(
+        "data_dir",
+        "OFFGRID_DATA_DIR",
+        "data.directory",
+        "Registry of models (hashes, origins) and the node's signing keys",
+    ),
     Setting("cache_dir", "OFFGRID_CACHE_DIR", "cache.directory", "Engine builds and downloads"),
     Setting(
         "llama_server",
@@ -232,6 +253,15 @@ def parse_size(value: str | int) -> int:
     return int(size)
 
 
+def human_size(n: float) -> str:
+    """``98362432`` → ``"98.4 MB"`` (decimal units, as disks are sold)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def parse_duration(value: str | float) -> float:
     """Seconds from ``300``, ``"300s"``, ``"5m"``, ``"1h"``; negative means forever."""
     text = str(value).strip().lower()
@@ -262,7 +292,7 @@ def _coerce(name: str, value: Any) -> Any:
     if kind in ("float", float):
         return float(value)
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
+        return (os.pathsep if name == "extra_model_dirs" else ",").join(str(v) for v in value)
     if isinstance(value, dict):  # a mapping in the config file
         if name == "model_aliases":
             return ",".join(f"{k}={v}" for k, v in value.items())
@@ -312,6 +342,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     values: dict[str, Any] = {
         "models_dir": _data_home(env) / "offgrid" / "models",
+        "data_dir": _data_home(env) / "offgrid",
         "cache_dir": _cache_home(env) / "offgrid",
     }
     sources: dict[str, str] = {}

@@ -5,10 +5,14 @@
     ├── BadRequestError              400 invalid_request_error
     │   └── PayloadTooLargeError     413 invalid_request_error
     ├── ModelNotFoundError           404 invalid_request_error / model_not_found
+    ├── IntegrityError               409 invalid_request_error / integrity_check_failed
+    │                                    (a file's sha256 differs from what it must be)
+    ├── ConflictError                409 invalid_request_error (name clash, model in use)
     ├── OverloadedError              429 server_error      (queue full; has Retry-After)
     ├── EngineError                  502 server_error      (the engine failed a request)
     │   └── EngineUnavailableError   503 server_error      (engine missing, crashed, or loading)
     │       └── InsufficientMemoryError  (the model cannot fit even alone)
+    ├── StorageError                 507 server_error      (disk full, unwritable folder)
     └── SetupError                   500 server_error      (engine build, model fetch)
 
 Each class carries its HTTP status and OpenAI error type; the API maps the base class
@@ -25,14 +29,17 @@ if TYPE_CHECKING:
 __all__ = [
     "BadRequestError",
     "ConfigError",
+    "ConflictError",
     "EngineError",
     "EngineUnavailableError",
     "InsufficientMemoryError",
+    "IntegrityError",
     "ModelNotFoundError",
     "OffGridError",
     "OverloadedError",
     "PayloadTooLargeError",
     "SetupError",
+    "StorageError",
 ]
 
 
@@ -87,6 +94,28 @@ class ModelNotFoundError(OffGridError):
                 else " No model is installed: add a .gguf file to the models folder."
             )
         super().__init__(f"The model '{model}' does not exist.{hint}", param="model")
+
+
+class IntegrityError(OffGridError):
+    """A file's sha256 is not the one recorded or promised for it."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "integrity_check_failed"
+
+
+class ConflictError(OffGridError):
+    """The request clashes with what exists: a name taken by another file, a model in use."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class StorageError(OffGridError):
+    """A folder cannot take a file: no space left, read-only, or unwritable."""
+
+    status = 507
 
 
 class EngineError(OffGridError):

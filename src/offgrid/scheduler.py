@@ -269,7 +269,7 @@ class Scheduler:
                 f"for {health.backoff_until - now:.0f} s more. Last error: {health.last_error}",
                 retry_after=int(health.backoff_until - now) + 1,
             )
-        model = await asyncio.to_thread(self.registry.get, model_id)
+        model = await asyncio.to_thread(self.registry.checked, model_id)
         async with self._load_lock:  # one placement decision at a time
             stale = self._slots.pop(model_id, None)
             if stale is not None:

@@ -157,7 +157,7 @@ def create_app(settings: Settings) -> ProxyApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = Registry(settings.models_dir, settings.cache_dir / "registry.sqlite")
+        registry = Registry.for_settings(settings)
         gpu = await asyncio.to_thread(manages_gpu, settings)
         scheduler = Scheduler(
             registry,

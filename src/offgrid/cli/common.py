@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from offgrid.config import Settings, load_settings
+from offgrid.config import Settings, human_size, load_settings
 
 __all__ = ["human_size", "settings_from"]
 
@@ -12,11 +12,3 @@ __all__ = ["human_size", "settings_from"]
 def settings_from(**flags: str | int | Path | None) -> Settings:
     """Settings from defaults < config file < env < the flags given on the command line."""
     return load_settings().with_overrides(**flags)
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
             )
         if not facts.gpus:
             table.add_row("GPU", "none detected")
-        models = Registry(settings.models_dir, settings.cache_dir / "registry.sqlite").list()
+        models = Registry.for_settings(settings).list()
         table.add_row("Models folder", f"{settings.models_dir} ({len(models)} models)")
         table.add_row("Config file", str(config_file_path(os.environ) or "none"))
         table.add_row("API", f"http://{settings.host}:{settings.port}")

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def list_models() -> None:
         """List installed models: id, size, quantization, architecture, context."""
         settings = settings_from()
-        registry = Registry(settings.models_dir, settings.cache_dir / "registry.sqlite")
+        registry = Registry.for_settings(settings)
         models = registry.list()
         console = Console()
         if not models:

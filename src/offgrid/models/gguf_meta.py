@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from offgrid.errors import BadRequestError
 
-__all__ = ["GGUFInfo", "read_gguf_info"]
+__all__ = ["GGUFInfo", "IncompleteGGUFError", "read_gguf_info"]
 
 _SCALARS: dict[int, str] = {
     GGUFValueType.UINT8: "<B",
@@ -62,6 +62,7 @@ class GGUFInfo:
     input_bytes: int  # token embeddings and what else belongs to no layer
     output_bytes: int  # output norm and projection
     tied_output: bool  # no output projection: the engine reuses the token embeddings
+    data_end: int  # where the last tensor ends: the size of the complete file (0 if unknown)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +80,7 @@ class _Array:
     length: int
 
 
+_TYPES = {t.value for t in GGMLQuantizationType}
 _LAYER = re.compile(r"blk\.(\d+)\.")
 
 
@@ -117,13 +119,38 @@ class _Cursor:
         return self.unpack(_SCALARS[vtype])
 
 
+class IncompleteGGUFError(BadRequestError):
+    """The file starts like GGUF but ends early: still being copied, or truncated."""
+
+
 def read_gguf_info(path: Path) -> GGUFInfo:
-    """Read the metadata of a GGUF file; a file that is not GGUF gives a clear error."""
+    """Read the metadata of a GGUF file; a file that is not GGUF gives a clear error.
+
+    A file that ends before its header or its tensor data does raises
+    ``IncompleteGGUFError``, so a model being copied in is not taken for a model.
+    """
     try:
-        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse(_Cursor(buf), path)
-    except (struct.error, KeyError, ValueError, OSError) as exc:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+            if head != b"GGUF"[: len(head)]:
+                raise BadRequestError(
+                    f"{path.name} is not a GGUF model file (it does not start with 'GGUF')"
+                )
+            if len(head) < 4:
+                raise IncompleteGGUFError(f"{path.name} is incomplete: only {len(head)} bytes")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                info = _parse(_Cursor(buf), path)
+    except struct.error as exc:
+        raise IncompleteGGUFError(f"{path.name} is incomplete: its header is cut short") from exc
+    except (KeyError, ValueError, OSError, UnicodeError) as exc:
         raise BadRequestError(f"{path.name} is not a readable GGUF model file: {exc}") from exc
+    size = path.stat().st_size
+    if size < info.data_end:
+        raise IncompleteGGUFError(
+            f"{path.name} is incomplete: {size:,} of {info.data_end:,} bytes "
+            "(still being copied, or cut short)"
+        )
+    return info
 
 
 def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
@@ -140,15 +167,21 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
         kv[key] = cur.value(cur.unpack("<I"))
     parameters = 0
     tensors: list[tuple[int, str]] = []  # (data offset, name)
+    last_end = 0  # relative to the data section; 0 once a tensor type is unknown
     for _ in range(n_tensors):
         name = cur.string()
         dims = [cur.unpack("<Q") for _ in range(cur.unpack("<I"))]
-        cur.pos += 4  # tensor type
-        tensors.append((cur.unpack("<Q"), name))
+        ttype, offset = cur.unpack("<I"), cur.unpack("<Q")
+        tensors.append((offset, name))
         count = 1
         for d in dims:
             count *= d
         parameters += count
+        block = GGML_QUANT_SIZES.get(GGMLQuantizationType(ttype)) if ttype in _TYPES else None
+        if block is None or last_end < 0:
+            last_end = -1
+        else:
+            last_end = max(last_end, offset + count // block[0] * block[1])
     align = kv.get("general.alignment", 32)
     align = align if isinstance(align, int) and align > 0 else 32
     data_start = -(-cur.pos // align) * align
@@ -200,4 +233,5 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
         input_bytes=input_bytes,
         output_bytes=output_bytes,
         tied_output=not any(name == "output.weight" for _, name in tensors),
+        data_end=data_start + last_end if last_end > 0 else 0,
     )

@@ -1,29 +1,77 @@
-"""The model registry: the ``*.gguf`` files of the models folder, with their metadata.
+"""The model registry: every model OffGrid can serve, with its metadata, hash and origin.
 
-A model's id is its file name without ``.gguf``. Metadata is cached in SQLite (stdlib
-``sqlite3``) keyed by path, size and mtime, so a listing never re-reads an unchanged
-file; a file that changes is read again. Ids never become paths: a request names a model
-by id and gets it only if the listing has it, so no id can reach outside the folder.
+Models come from folders scanned in place, in order: the models folder (where imports are
+written) and the extra folders (a mounted USB stick, a network share; read-only is fine).
+A folder model's id is its file name without ``.gguf``; the first folder wins a clash.
+A model may also be a *reference*: a file elsewhere (an Ollama blob, a HuggingFace cache
+file) registered under an id by ``offgrid import --link`` and used where it lies.
+
+What is known of each file is kept in SQLite (WAL: the server and the CLI share it), keyed
+by path:
+- its GGUF metadata, read again only when its size or mtime change;
+- the sha256 recorded at import or at its first verification, with the size and mtime it
+  had then. A file is hashed again by ``verify``, or before a load when its size or mtime
+  moved since; a hash that then differs refuses the load (IntegrityError);
+- where it came from (a file, an Ollama store, a hub repo, a bundle).
+
+A file that ends before its GGUF header says it should (still being copied in) is not
+listed until it is whole. Ids never become paths: a model is found by id only through the
+listing, so no id reaches outside the folders.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from offgrid.errors import ModelNotFoundError, OffGridError
-from offgrid.models.gguf_meta import GGUFInfo, read_gguf_info
+from offgrid.errors import (
+    ConflictError,
+    IntegrityError,
+    ModelNotFoundError,
+    OffGridError,
+    StorageError,
+)
+from offgrid.models.gguf_meta import GGUFInfo, IncompleteGGUFError, read_gguf_info
+from offgrid.models.transfer import NO_PROGRESS, Progress, hash_file
 
-__all__ = ["ModelInfo", "Registry"]
+if TYPE_CHECKING:
+    from offgrid.config import Settings
+
+__all__ = ["Check", "ModelInfo", "Registry"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    model_id TEXT,          -- the id of a reference; NULL for a file found in a folder
+    size INTEGER, mtime_ns INTEGER, meta TEXT, error TEXT,  -- metadata, at this size/mtime
+    sha256 TEXT, sha_size INTEGER, sha_mtime_ns INTEGER,    -- recorded hash, at that stat
+    origin TEXT             -- JSON: where the file came from
+)
+"""
+_UPSERT_META = """
+INSERT INTO files (path, size, mtime_ns, meta, error) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+    meta = excluded.meta, error = excluded.error
+"""
+_UPSERT_HASH = """
+INSERT INTO files (path, model_id, sha256, sha_size, sha_mtime_ns, origin)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256, sha_size = excluded.sha_size,
+    sha_mtime_ns = excluded.sha_mtime_ns, model_id = COALESCE(excluded.model_id, model_id),
+    origin = COALESCE(excluded.origin, origin)
+"""
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One installed model."""
+    """One model OffGrid can serve."""
 
     id: str
     path: Path
@@ -31,26 +79,49 @@ class ModelInfo:
     mtime: float
     gguf: GGUFInfo | None
     error: str | None = None  # why the metadata could not be read, if it could not
+    sha256: str | None = None  # as recorded at import or first verification
+    origin: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    owned: bool = True  # in the models folder: removing the model deletes the file
+
+    @property
+    def reference(self) -> bool:
+        """A file registered where it lies, outside the model folders."""
+        return bool(self.origin.get("reference"))
+
+
+@dataclass(frozen=True)
+class Check:
+    """What ``verify`` found for one model: OK, CHANGED or MISSING."""
+
+    model_id: str
+    path: Path
+    status: str
+    detail: str = ""
 
 
 class Registry:
-    """Lists and looks up the models of one folder; safe to share across threads."""
+    """Lists, looks up and vouches for models; safe to share across threads."""
 
-    def __init__(self, models_dir: Path, index_path: Path) -> None:
-        self.models_dir = models_dir
+    def __init__(self, folders: Sequence[Path], index_path: Path) -> None:
+        self.folders = list(folders)
+        self.models_dir = self.folders[0]
         self._index_path = index_path
         self._lock = threading.Lock()
-        self._memo: dict[tuple[str, int, int], ModelInfo] = {}
+        self._memo: dict[str, tuple[int, int, GGUFInfo | None, str | None]] = {}
         self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Registry:
+        return cls(settings.model_folders, settings.data_dir / "registry.sqlite")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             self._index_path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self._index_path, check_same_thread=False)
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS gguf_meta (path TEXT PRIMARY KEY,"
-                " size INTEGER, mtime_ns INTEGER, meta TEXT)"
-            )
+            db = sqlite3.connect(self._index_path, timeout=30, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+            self._db = db
         return self._db
 
     def close(self) -> None:
@@ -59,61 +130,265 @@ class Registry:
                 self._db.close()
                 self._db = None
 
+    # -- listing ----------------------------------------------------------------------
     def list(self) -> builtins.list[ModelInfo]:
-        """Every ``*.gguf`` in the folder, sorted by id (hidden and partial files skipped)."""
-        if not self.models_dir.is_dir():
-            return []
-        found = []
-        for path in sorted(self.models_dir.glob("*.gguf")):
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            found.append(self._info(path))
-        return found
+        """Every complete model of the folders and references, sorted by id."""
+        with self._lock:
+            db = self._conn()
+            rows = {r["path"]: r for r in db.execute("SELECT * FROM files")}
+            found: dict[str, ModelInfo] = {}
+            writes: builtins.list[tuple[object, ...]] = []
+            for model_id, path, st, owned in self._candidates(rows):
+                if model_id not in found:
+                    info = self._describe(model_id, path, st, rows.get(str(path)), owned, writes)
+                    if info is not None:
+                        found[model_id] = info
+            if writes:
+                db.executemany(_UPSERT_META, writes)
+                db.commit()
+        return sorted(found.values(), key=lambda m: m.id)
+
+    def _candidates(
+        self, rows: Mapping[str, sqlite3.Row]
+    ) -> builtins.list[tuple[str, Path, os.stat_result, bool]]:
+        """(id, path, stat, owned) of each file the folders and references hold."""
+        out = []
+        for folder in self.folders:
+            owned = folder == self.models_dir
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue  # a folder not there (yet): an unmounted stick
+            for entry in entries:
+                if entry.name.endswith(".gguf") and not entry.name.startswith("."):
+                    try:
+                        if entry.is_file():
+                            out.append((entry.name[:-5], Path(entry.path), entry.stat(), owned))
+                    except OSError:
+                        continue  # vanished between listing and stat
+        for row in rows.values():
+            if row["model_id"] is not None:
+                try:
+                    out.append((row["model_id"], Path(row["path"]), os.stat(row["path"]), False))
+                except OSError:
+                    continue
+        return out
+
+    def _describe(
+        self,
+        model_id: str,
+        path: Path,
+        st: os.stat_result,
+        row: sqlite3.Row | None,
+        owned: bool,
+        writes: builtins.list[tuple[object, ...]],
+    ) -> ModelInfo | None:
+        """The ModelInfo of one file, reading its header only if it is new or changed."""
+        stat = (st.st_size, st.st_mtime_ns)
+        memo = self._memo.get(str(path))
+        if memo is not None and memo[:2] == stat:
+            meta, error = memo[2], memo[3]
+        elif (
+            row is not None
+            and (row["size"], row["mtime_ns"]) == stat
+            and (cached := _cached(row)) is not None
+        ):
+            meta, error = cached
+        else:
+            try:
+                meta, error = read_gguf_info(path), None
+            except IncompleteGGUFError:
+                return None
+            except OffGridError as exc:
+                meta, error = None, exc.message
+            writes.append((str(path), *stat, json.dumps(meta.as_dict()) if meta else None, error))
+        self._memo[str(path)] = (*stat, meta, error)
+        origin = json.loads(row["origin"]) if row is not None and row["origin"] else {}
+        sha = row["sha256"] if row is not None else None
+        return ModelInfo(model_id, path, st.st_size, st.st_mtime, meta, error, sha, origin, owned)
 
     def ids(self) -> builtins.list[str]:
         return [m.id for m in self.list()]
 
     def get(self, model_id: str) -> ModelInfo:
         """The model with this id, or ModelNotFoundError naming the installed ones."""
-        for model in self.list():
+        models = self.list()
+        for model in models:
             if model.id == model_id:
                 return model
-        raise ModelNotFoundError(model_id, self.ids())
+        raise ModelNotFoundError(model_id, [m.id for m in models])
 
-    def _info(self, path: Path) -> ModelInfo:
+    def find_hash(self, sha256: str) -> ModelInfo | None:
+        """The listed model whose recorded hash is ``sha256``, if any."""
+        return next((m for m in self.list() if m.sha256 == sha256), None)
+
+    # -- hashes and origins -----------------------------------------------------------
+    def record(
+        self,
+        path: Path,
+        sha256: str,
+        *,
+        origin: Mapping[str, Any] | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        """Remember ``path``'s hash as it is now (and where it came from, and for a
+        reference its id)."""
         st = path.stat()
-        key = (str(path), st.st_size, st.st_mtime_ns)
         with self._lock:
-            if key in self._memo:
-                return self._memo[key]
-            meta, error = self._cached_meta(*key), None
-            if meta is None:
-                try:
-                    meta = read_gguf_info(path)
-                except OffGridError as exc:
-                    error = exc.message
-                else:
-                    self._conn().execute(
-                        "INSERT OR REPLACE INTO gguf_meta VALUES (?, ?, ?, ?)",
-                        (*key, json.dumps(meta.as_dict())),
-                    )
-                    self._conn().commit()
-            info = ModelInfo(path.stem, path, st.st_size, st.st_mtime, meta, error)
-            self._memo[key] = info
-            return info
-
-    def _cached_meta(self, path: str, size: int, mtime_ns: int) -> GGUFInfo | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT meta FROM gguf_meta WHERE path = ? AND size = ? AND mtime_ns = ?",
-                (path, size, mtime_ns),
+            db = self._conn()
+            db.execute(
+                _UPSERT_HASH,
+                (
+                    str(path),
+                    model_id,
+                    sha256,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    json.dumps(dict(origin)) if origin else None,
+                ),
             )
-            .fetchone()
-        )
+            db.commit()
+
+    def _recorded(self, path: Path) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = (
+                self._conn()
+                .execute("SELECT * FROM files WHERE path = ? AND sha256 IS NOT NULL", (str(path),))
+                .fetchone()
+            )
+            return row
+
+    def checked(self, model_id: str) -> ModelInfo:
+        """The model, once it is sure its file is the one recorded: for loading.
+
+        A file whose size and mtime are those recorded is trusted as is; otherwise it is
+        hashed again, and a different hash raises IntegrityError with what to do.
+        """
+        model = self.get(model_id)
+        row = self._recorded(model.path)
         if row is None:
-            return None
+            return model
+        st = model.path.stat()
+        if (st.st_size, st.st_mtime_ns) == (row["sha_size"], row["sha_mtime_ns"]):
+            return model
+        actual = hash_file(model.path)
+        if actual != row["sha256"]:
+            raise IntegrityError(_changed(model, row["sha256"], actual))
+        self.record(model.path, actual)
+        return model
+
+    def hash_of(self, model: ModelInfo, progress: Progress = NO_PROGRESS) -> str:
+        """The model's recorded hash, hashing and recording it first if it has none."""
+        if model.sha256 is None:
+            self.record(model.path, hash_file(model.path, progress))
+        row = self._recorded(model.path)
+        assert row is not None
+        return str(row["sha256"])
+
+    def verify(
+        self,
+        ids: Sequence[str] = (),
+        *,
+        accept: bool = False,
+        progress: Progress = NO_PROGRESS,
+    ) -> builtins.list[Check]:
+        """Hash the models (``ids``, or all) again and compare with what was recorded.
+
+        A model never hashed gets its hash recorded (OK). With ``accept`` a changed file's
+        new hash is recorded instead of reported. Recorded files that are gone are MISSING.
+        """
+        listed = self.list()
+        by_id = {m.id: m for m in listed}
+        unknown = [i for i in ids if i not in by_id and i not in self._missing()]
+        if unknown:
+            raise ModelNotFoundError(unknown[0], sorted(by_id))
+        checks = []
+        for model in listed:
+            if ids and model.id not in ids:
+                continue
+            actual = hash_file(model.path, progress)
+            if model.sha256 is None or accept:
+                self.record(model.path, actual)
+                note = "hash recorded" if model.sha256 is None else "new hash accepted"
+                checks.append(Check(model.id, model.path, "OK", note))
+            elif actual == model.sha256:
+                self.record(model.path, actual)  # same bytes: trust the new mtime too
+                checks.append(Check(model.id, model.path, "OK"))
+            else:
+                checks.append(
+                    Check(model.id, model.path, "CHANGED", _changed(model, model.sha256, actual))
+                )
+        for model_id, path in self._missing().items():
+            if not ids or model_id in ids:
+                forget = f"{path} is gone; `offgrid remove {model_id}` forgets it"
+                checks.append(Check(model_id, path, "MISSING", forget))
+        return checks
+
+    def _missing(self) -> dict[str, Path]:
+        """Ids and paths of recorded files that no longer exist."""
+        with self._lock:
+            rows = (
+                self._conn()
+                .execute("SELECT path, model_id FROM files WHERE sha256 IS NOT NULL")
+                .fetchall()
+            )
+        return {
+            r["model_id"] or Path(r["path"]).stem: Path(r["path"])
+            for r in rows
+            if not os.path.exists(r["path"])
+        }
+
+    # -- removal ----------------------------------------------------------------------
+    def remove(self, model_id: str) -> str:
+        """Delete a model: its file if OffGrid owns it, its record in any case.
+
+        A reference only forgets the file (it belongs to another tool); a file of an extra
+        folder is refused (delete it there). Returns what was done, for the user.
+        """
+        missing = self._missing()
+        if model_id in missing:
+            self._forget(missing[model_id])
+            return f"forgot {model_id} (its file {missing[model_id]} was already gone)"
+        model = self.get(model_id)
+        if model.reference:
+            self._forget(model.path)
+            return f"forgot {model_id}; its file {model.path} was left where it is"
+        if not model.owned:
+            raise ConflictError(
+                f"{model_id} lives in {model.path.parent}, a folder OffGrid reads but does not "
+                "own. Delete the file there, or take the folder out of OFFGRID_EXTRA_MODEL_DIRS."
+            )
         try:
-            return GGUFInfo.from_dict(json.loads(row[0]))
-        except (TypeError, ValueError, KeyError):
-            return None  # an index written by another version: read the file again
+            model.path.unlink()
+        except OSError as exc:
+            raise StorageError(f"Cannot delete {model.path}: {exc.strerror}") from exc
+        self._forget(model.path)
+        return f"deleted {model.path}"
+
+    def _forget(self, path: Path) -> None:
+        with self._lock:
+            self._memo.pop(str(path), None)
+            db = self._conn()
+            db.execute("DELETE FROM files WHERE path = ?", (str(path),))
+            db.commit()
+
+
+def _cached(row: sqlite3.Row) -> tuple[GGUFInfo | None, str | None] | None:
+    """The metadata stored in a row, or None if it must be read again."""
+    if row["error"] is not None:
+        return None, row["error"]
+    if row["meta"] is None:
+        return None
+    try:
+        return GGUFInfo.from_dict(json.loads(row["meta"])), None
+    except (TypeError, ValueError, KeyError):
+        return None  # written by another version: read the file again
+
+
+def _changed(model: ModelInfo, recorded: str, actual: str) -> str:
+    return (
+        f"The file of model '{model.id}' ({model.path}) changed since its hash was recorded "
+        f"(sha256 {recorded[:16]}… then, {actual[:16]}… now), so OffGrid will not use it. "
+        "Import it again from a good copy; if you changed it on purpose, run "
+        f"`offgrid verify --accept {model.id}`."
+    )
