@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from offgrid.engine.process import Engine, describe_exit
@@ -419,6 +420,23 @@ class Scheduler:
             return False
         await self._unload(model_id, "on request")
         return True
+
+    async def unload_changed(self, paths: set[Path]) -> list[str]:
+        """Unload the models whose file among ``paths`` was removed or replaced."""
+        gone = []
+        for model_id, slot in list(self._slots.items()):
+            model = slot.engine.model
+            if model.path not in paths:
+                continue
+            try:
+                st = model.path.stat()
+                changed = (st.st_size, st.st_mtime) != (model.size, model.mtime)
+            except OSError:
+                changed = True
+            if changed:
+                await self._unload(model_id, "because its file was removed or replaced")
+                gone.append(model_id)
+        return gone
 
     def loaded(self) -> dict[str, Engine]:
         return {mid: s.engine for mid, s in self._slots.items()}

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from offgrid.config import parse_duration
-from offgrid.errors import BadRequestError, ConfigError
+from offgrid.config import Settings, parse_duration
+from offgrid.errors import BadRequestError, ConfigError, ConflictError
+from offgrid.models.importer import import_found
+from offgrid.models.keys import Keys
+from offgrid.models.registry import Registry
+from offgrid.models.sources import find_candidates
 from offgrid.scheduler import Scheduler
 
 __all__ = ["router"]
@@ -20,9 +27,94 @@ class LoadRequest(BaseModel):
     keep_alive: str | float | None = None
 
 
+class ImportRequest(BaseModel):
+    source: str
+    link: bool = False
+    name: str | None = None
+    ollama_dir: str | None = None
+    allow_untrusted: bool = False
+
+
+class VerifyRequest(BaseModel):
+    models: list[str] = []
+    accept: bool = False
+
+
 def _scheduler(request: Request) -> Scheduler:
     scheduler: Scheduler = request.app.state.scheduler
     return scheduler
+
+
+def _registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+@router.get("/models")
+async def installed_models(request: Request) -> dict[str, Any]:
+    """Installed models with their metadata, hash, origin and whether they are loaded."""
+    loaded = _scheduler(request).loaded()
+    models = await asyncio.to_thread(_registry(request).list)
+    return {"models": [{**m.as_dict(), "loaded": m.id in loaded} for m in models]}
+
+
+@router.get("/models/{model_id}")
+async def model_details(model_id: str, request: Request) -> dict[str, Any]:
+    """One model, as ``offgrid show`` prints it (hashing it first if it never was)."""
+    from offgrid.api.app import estimate
+
+    registry = _registry(request)
+    model = await asyncio.to_thread(registry.get, model_id)
+    sha = await asyncio.to_thread(registry.hash_of, model)
+    settings: Settings = request.app.state.settings
+    return {
+        **model.as_dict(),
+        "sha256": sha,
+        "memory": estimate(settings, model),
+        "loaded": model_id in _scheduler(request).loaded(),
+    }
+
+
+@router.delete("/models/{model_id}")
+async def remove_model(model_id: str, request: Request, force: bool = False) -> dict[str, Any]:
+    """Remove a model; refused while it is loaded unless ``force`` (then unloaded first)."""
+    if model_id in _scheduler(request).loaded():
+        if not force:
+            raise ConflictError(
+                f"{model_id} is loaded. Stop it first (`offgrid stop {model_id}`) or remove "
+                "it with --force (force=true)."
+            )
+        await _scheduler(request).unload(model_id)
+    return {"id": model_id, "done": await asyncio.to_thread(_registry(request).remove, model_id)}
+
+
+@router.post("/models/import")
+async def import_models(body: ImportRequest, request: Request) -> dict[str, Any]:
+    """Import models from a path on this machine (see ``offgrid import``)."""
+    settings: Settings = request.app.state.settings
+
+    def run() -> dict[str, Any]:
+        found = find_candidates(
+            body.source,
+            Keys(settings.data_dir / "keys"),
+            allow_untrusted=body.allow_untrusted,
+            ollama_dir=Path(body.ollama_dir) if body.ollama_dir else None,
+        )
+        outcomes = import_found(_registry(request), found, link=body.link, name=body.name)
+        return {
+            "note": found.note,
+            "results": [{**dataclasses.asdict(o), "source": str(o.source)} for o in outcomes],
+            "passed_over": [str(p) for p in found.passed_over],
+        }
+
+    return await asyncio.to_thread(run)
+
+
+@router.post("/models/verify")
+async def verify_models(body: VerifyRequest, request: Request) -> dict[str, Any]:
+    """Hash models again and compare (see ``offgrid verify``)."""
+    checks = await asyncio.to_thread(_registry(request).verify, body.models, accept=body.accept)
+    return {"checks": [{**dataclasses.asdict(c), "path": str(c.path)} for c in checks]}
 
 
 @router.get("/ps")

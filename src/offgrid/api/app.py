@@ -32,6 +32,7 @@ from offgrid.engine.build import EngineBinary, find_engine
 from offgrid.engine.process import Engine, EngineOptions
 from offgrid.errors import OffGridError
 from offgrid.models.registry import ModelInfo, Registry
+from offgrid.models.watcher import watch_folders
 from offgrid.placement import Memory, Placement, footprint, place
 from offgrid.resources import available_memory, gpu_free_memory, gpus
 from offgrid.scheduler import Policy, Scheduler
@@ -94,6 +95,15 @@ def plan_placement(settings: Settings, gpu: bool, model: ModelInfo, budget: Memo
     options = engine_options(settings, model.id)
     fp = footprint(model.size, model.gguf, context=options.context, parallel=options.parallel)
     return place(fp, budget, gpu=gpu, requested=options.gpu_layers)
+
+
+def estimate(settings: Settings, model: ModelInfo) -> dict[str, int]:
+    """The memory ``model`` needs with its settings: on the CPU, and with every layer on a
+    GPU (for ``offgrid show`` and the dashboard)."""
+    options = engine_options(settings, model.id)
+    fp = footprint(model.size, model.gguf, context=options.context, parallel=options.parallel)
+    gpu = fp.need(fp.max_gpu_layers)
+    return {"cpu_ram_bytes": fp.need(0).ram, "gpu_ram_bytes": gpu.ram, "gpu_vram_bytes": gpu.vram}
 
 
 def make_starter(
@@ -171,9 +181,16 @@ def create_app(settings: Settings) -> ProxyApp:
         app.state.settings, app.state.registry = settings, registry
         app.state.aliases = parse_aliases(settings.model_aliases)
         app.state.scheduler, app.state.relay = scheduler, relay
+        settings.models_dir.mkdir(parents=True, exist_ok=True)
+        stop_watch = asyncio.Event()
+        watch = asyncio.create_task(
+            watch_folders(settings.model_folders, scheduler.unload_changed, stop_watch)
+        )
         try:
             yield
         finally:
+            stop_watch.set()
+            await watch
             await scheduler.close()
             await relay.close()
             registry.close()

@@ -2,13 +2,78 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.progress import Progress as RichProgress
 
 from offgrid.config import Settings, human_size, load_settings
+from offgrid.errors import EngineUnavailableError, OffGridError
+from offgrid.models.transfer import Progress
 
-__all__ = ["human_size", "settings_from"]
+__all__ = ["call_server", "file_progress", "human_size", "settings_from"]
 
 
 def settings_from(**flags: str | int | Path | None) -> Settings:
     """Settings from defaults < config file < env < the flags given on the command line."""
     return load_settings().with_overrides(**flags)
+
+
+def call_server(method: str, path: str, **kwargs: Any) -> Any:
+    """Call the running server's API; EngineUnavailableError when none answers."""
+    settings = settings_from()
+    url = f"http://{settings.host}:{settings.port}{path}"
+    try:
+        resp = requests.request(method, url, timeout=600, **kwargs)
+    except requests.RequestException as exc:
+        raise EngineUnavailableError(
+            f"No OffGrid server answers at {url} ({type(exc).__name__}). Start it: offgrid serve"
+        ) from exc
+    data = resp.json()
+    if resp.status_code >= 400:
+        raise OffGridError(str(data.get("error", {}).get("message", data)))
+    return data
+
+
+class _Bar:
+    """A ``transfer.Progress`` drawn as a rich bar per file, with speed and time left."""
+
+    def __init__(self, bars: RichProgress) -> None:
+        self.bars = bars
+        self.task: TaskID | None = None
+
+    def start(self, name: str, total: int) -> None:
+        if self.task is not None:
+            self.bars.update(self.task, visible=False)
+        self.task = self.bars.add_task(name, total=total)
+
+    def advance(self, done: int) -> None:
+        if self.task is not None:
+            self.bars.advance(self.task, done)
+
+
+@contextmanager
+def file_progress() -> Iterator[Progress]:
+    """Progress bars for long file work (on stderr, so output stays clean)."""
+    with RichProgress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    ) as bars:
+        yield _Bar(bars)

@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
-import requests
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from offgrid.cli.common import human_size, settings_from
-from offgrid.errors import EngineUnavailableError, OffGridError
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    settings = settings_from()
-    url = f"http://{settings.host}:{settings.port}{path}"
-    try:
-        resp = requests.request(method, url, timeout=600, **kwargs)
-    except requests.RequestException as exc:
-        raise EngineUnavailableError(
-            f"No OffGrid server answers at {url} ({type(exc).__name__}). Start it: offgrid serve"
-        ) from exc
-    data = resp.json()
-    if resp.status_code >= 400:
-        raise OffGridError(str(data.get("error", {}).get("message", data)))
-    return data
+from offgrid.cli.common import call_server, human_size
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def ps() -> None:
         """Show loaded models: memory, GPU layers, requests running and queued, expiry, pid."""
-        rows = _call("GET", "/api/ps")["models"]
+        rows = call_server("GET", "/api/ps")["models"]
         console = Console()
         if not rows:
             console.print("No model is loaded.")
@@ -76,11 +59,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Load a model in the running server now."""
         body = {"keep_alive": keep_alive} if keep_alive is not None else {}
-        r = _call("POST", f"/api/models/{model}/load", json=body)
+        r = call_server("POST", f"/api/models/{model}/load", json=body)
         Console().print(f"{r['id']} loaded (pid {r['pid']}, port {r['port']})")
 
     @app.command()
     def stop(model: Annotated[str, typer.Argument(help="Model id")]) -> None:
         """Unload a model from the running server."""
-        r = _call("POST", f"/api/models/{model}/unload")
+        r = call_server("POST", f"/api/models/{model}/unload")
         Console().print(f"{model} {'unloaded' if r['unloaded'] else 'was not loaded'}")

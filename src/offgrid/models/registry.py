@@ -88,6 +88,27 @@ class ModelInfo:
         """A file registered where it lies, outside the model folders."""
         return bool(self.origin.get("reference"))
 
+    def as_dict(self) -> dict[str, Any]:
+        """What ``offgrid show`` and ``/api/models`` tell of the model."""
+        g = self.gguf
+        return {
+            "id": self.id,
+            "path": str(self.path),
+            "size": self.size,
+            "modified_at": self.mtime,
+            "sha256": self.sha256,
+            "origin": dict(self.origin),
+            "owned": self.owned,
+            "error": self.error,
+            "architecture": g.architecture if g else None,
+            "name": g.name if g else None,
+            "parameters": g.parameters if g else None,
+            "quantization": g.quantization if g else None,
+            "context_length": g.context_length if g else None,
+            "chat_template": g.chat_template if g else None,
+            "layers": g.block_count if g else None,
+        }
+
 
 @dataclass(frozen=True)
 class Check:

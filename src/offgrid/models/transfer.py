@@ -82,13 +82,15 @@ def copy_hashed(
     dest: Path,
     *,
     expected: str | None = None,
+    expected_from: str = "",
     overwrite: bool = False,
     progress: Progress = NO_PROGRESS,
 ) -> str:
     """Copy ``src`` to ``dest`` and return its sha256, computed in the same pass.
 
     ``dest`` appears only complete, fsynced and, when ``expected`` is given, matching it;
-    otherwise IntegrityError and nothing is left. Without ``overwrite`` an existing
+    otherwise IntegrityError (naming ``src`` and where ``expected`` came from) and nothing
+    is left. Without ``overwrite`` an existing
     ``dest`` is never replaced (FileExistsError).
     """
     size = src.stat().st_size
@@ -109,8 +111,9 @@ def copy_hashed(
         actual = digest.hexdigest()
         if expected is not None and actual != expected.lower():
             raise IntegrityError(
-                f"{src} is damaged: its sha256 is {actual}, but {expected} was expected. "
-                "Nothing was imported from it; copy it again from a good source."
+                f"{src} is damaged: its sha256 is {actual}, but "
+                f"{expected_from or 'the recorded hash'} says {expected}. It was not copied; "
+                "get a good copy of it and try again."
             )
         with _storage_errors(dest):
             if overwrite:
@@ -123,14 +126,16 @@ def copy_hashed(
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write a small file whole or not at all (temp, fsync, rename)."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.partial"
     try:
-        with _storage_errors(path), tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with _storage_errors(path):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:

@@ -1,0 +1,214 @@
+"""Bundles: models in a folder to carry to another node (a USB stick), and back.
+
+Layout (docs/decisions.md; compatible with the manifest of the Go project of this name)::
+
+    <dest>/README.txt                  how to check and import it
+    <dest>/offgrid-models/*.gguf       the models
+    <dest>/offgrid-models/manifest.json
+    <dest>/offgrid-models/SHA256SUMS   for `sha256sum -c`
+
+The manifest lists each file with its id, size, sha256 and GGUF metadata, and is signed
+with the exporting node's key (``offgrid.models.keys``). Reading a bundle trusts nothing in
+it: file names must be plain names inside the bundle folder, and hashes are checked as the
+files are copied.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from offgrid import __version__
+from offgrid.errors import BadRequestError, IntegrityError
+from offgrid.models.keys import Keys, signature_key
+from offgrid.models.registry import ModelInfo, Registry
+from offgrid.models.transfer import (
+    NO_PROGRESS,
+    Progress,
+    check_free_space,
+    copy_hashed,
+    hash_file,
+    write_atomic,
+)
+
+__all__ = ["BUNDLE_DIR", "BundleEntry", "export_bundle", "find_manifest", "read_bundle"]
+
+BUNDLE_DIR = "offgrid-models"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_META_KEYS = ("architecture", "name", "parameters", "quantization", "context_length")
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    """One model file of a bundle, as its manifest describes it."""
+
+    path: Path
+    model_id: str
+    sha256: str
+
+
+def find_manifest(folder: Path) -> Path | None:
+    """The manifest of the bundle at ``folder`` (the bundle or the folder holding it)."""
+    for candidate in (folder / BUNDLE_DIR / "manifest.json", folder / "manifest.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def safe_file_name(name: object, where: str) -> str:
+    """``name`` if it is a plain ``.gguf`` file name; BadRequestError for anything that could
+    point elsewhere (``..``, slashes, absolute paths, hidden names)."""
+    if (
+        not isinstance(name, str)
+        or not name.endswith(".gguf")
+        or name != Path(name).name
+        or name.startswith(".")
+        or any(c in name for c in "/\\\0")
+    ):
+        raise BadRequestError(
+            f"{where} names the file {name!r}, which is not a plain .gguf file name; "
+            "the bundle is refused"
+        )
+    return name
+
+
+def read_bundle(
+    manifest_path: Path, keys: Keys, *, allow_untrusted: bool = False
+) -> tuple[list[BundleEntry], str]:
+    """The entries of a bundle and a note on its signature; refuses a bundle whose
+    signature does not match, whose signer is not trusted (when trust is required), or
+    whose manifest names unsafe paths."""
+    folder = manifest_path.parent
+    what = str(manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        models = manifest["models"]
+        if not isinstance(models, list):
+            raise TypeError("models is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadRequestError(f"{what} is not a readable bundle manifest: {exc}") from exc
+    note = keys.judge(signature_key(manifest, what), what, allow_untrusted=allow_untrusted)
+    entries = []
+    for item in models:
+        if not isinstance(item, dict):
+            raise BadRequestError(f"{what} has a model entry that is not an object")
+        name = safe_file_name(item.get("file_name"), what)
+        sha = str(item.get("sha256", "")).lower()
+        if not _SHA256.match(sha):
+            raise BadRequestError(f"{what} gives {name} no valid sha256")
+        path = folder / name
+        if path.is_symlink():
+            raise BadRequestError(f"{path} is a symbolic link; a bundle holds plain files")
+        model_id = str(item.get("model_id") or name[:-5])
+        safe_file_name(model_id + ".gguf", what)
+        entries.append(BundleEntry(path, model_id, sha))
+    return entries, note
+
+
+def export_bundle(
+    registry: Registry,
+    ids: list[str],
+    dest: Path,
+    *,
+    keys: Keys | None,
+    progress: Progress = NO_PROGRESS,
+) -> Path:
+    """Write the models ``ids`` as a bundle under ``dest``; return the manifest's path.
+
+    Space is checked first; each file is copied and hashed in one pass, checked against
+    the hash recorded for it, then read back from the medium and checked again. A file
+    already there with the right hash is kept, so an interrupted export can be rerun.
+    """
+    models = [registry.get(i) for i in ids]
+    for m in models:
+        if m.gguf is None:
+            raise BadRequestError(f"{m.id} cannot be exported: {m.error}")
+    out = dest / BUNDLE_DIR
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadRequestError(f"Cannot create {out}: {exc.strerror}") from exc
+    todo = [m for m in models if not _already_there(registry, m, out)]
+    check_free_space(out, sum(m.size for m in todo), what=f"{len(todo)} model(s)")
+    entries = []
+    for m in models:
+        target = out / f"{m.id}.gguf"
+        if m in todo:
+            digest = copy_hashed(
+                m.path, target, expected=m.sha256, overwrite=True, progress=progress
+            )
+            if m.sha256 is None:
+                registry.record(m.path, digest)
+            if hash_file(target, progress, drop_cache=True) != digest:
+                raise IntegrityError(
+                    f"{target} does not read back as it was written: the medium may be "
+                    "failing. Try another disk or stick."
+                )
+        else:
+            digest = registry.hash_of(m)
+        entries.append(_entry(m, target.name, digest))
+    manifest: dict[str, Any] = {
+        "format": "offgrid-bundle",
+        "version": "1",
+        "exporter": f"offgrid {__version__}",
+        "created_at": datetime.now(UTC).isoformat(),
+        "total_models": len(entries),
+        "total_size_gb": round(sum(m.size for m in models) / 1e9, 3),
+        "models": entries,
+    }
+    if keys is not None:
+        manifest["signature"] = keys.sign(manifest)
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2).encode())
+    sums = "".join(f"{e['sha256']}  {e['file_name']}\n" for e in entries)
+    write_atomic(out / "SHA256SUMS", sums.encode())
+    write_atomic(dest / "README.txt", _readme(manifest, keys).encode())
+    return out / "manifest.json"
+
+
+def _already_there(registry: Registry, model: ModelInfo, out: Path) -> bool:
+    target = out / f"{model.id}.gguf"
+    if not target.is_file() or target.stat().st_size != model.size:
+        return False
+    return hash_file(target) == registry.hash_of(model)
+
+
+def _entry(model: ModelInfo, file_name: str, sha256: str) -> dict[str, Any]:
+    gguf = model.gguf.as_dict() if model.gguf else {}
+    return {
+        "file_name": file_name,
+        "model_id": model.id,
+        "quantization": gguf.get("quantization", ""),
+        "size": model.size,
+        "sha256": sha256,
+        "gguf": {k: gguf[k] for k in _META_KEYS if k in gguf},
+    }
+
+
+def _readme(manifest: dict[str, Any], keys: Keys | None) -> str:
+    lines = [
+        "OffGrid LLM model bundle",
+        "",
+        f"{manifest['total_models']} model(s), {manifest['total_size_gb']} GB, made "
+        f"{manifest['created_at']} by {manifest['exporter']}:",
+        *(
+            f"  {e['model_id']}  ({e['quantization']}, {e['size']:,} bytes)"
+            for e in manifest["models"]
+        ),
+        "",
+        "Import on the destination (copies, verifies every file, refuses a damaged one):",
+        "  offgrid import /path/to/this/folder",
+        "",
+        "Check by hand:",
+        f"  cd {BUNDLE_DIR} && sha256sum -c SHA256SUMS",
+    ]
+    if keys is not None:
+        lines += [
+            "",
+            "The manifest is signed by this node key; trust it on the destination with:",
+            f"  offgrid key trust {keys.public_key()}",
+        ]
+    return "\n".join(lines) + "\n"

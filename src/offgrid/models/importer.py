@@ -1,0 +1,128 @@
+"""``offgrid import``: bring models in from a file, a folder, a bundle or another tool.
+
+Each file is checked to be a whole GGUF model, then either copied into the models folder
+(one pass that copies and hashes, published only once verified: ``transfer``) or, with
+``link``, registered where it lies. A file whose hash is already installed is skipped; a
+name taken by a different model is refused, never overwritten. Copies left by a killed
+import are removed when the next one starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from offgrid.errors import BadRequestError, IntegrityError, OffGridError
+from offgrid.models.bundle import safe_file_name
+from offgrid.models.gguf_meta import read_gguf_info
+from offgrid.models.registry import Registry
+from offgrid.models.sources import Candidate, Found
+from offgrid.models.transfer import NO_PROGRESS, Progress, clean_partials, copy_hashed, hash_file
+
+__all__ = ["Outcome", "import_found"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one file: imported, linked, skipped or refused, and why."""
+
+    source: Path
+    model_id: str
+    status: str
+    detail: str = ""
+
+
+def import_found(
+    registry: Registry,
+    found: Found,
+    *,
+    link: bool = False,
+    name: str | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> Iterator[Outcome]:
+    """Import each candidate of ``found``, yielding its outcome as it is decided.
+
+    A full disk stops the import (StorageError); other problems refuse one file and go on.
+    """
+    if name is not None and len(found.candidates) != 1:
+        raise BadRequestError("--name needs a source that holds exactly one model")
+    registry.models_dir.mkdir(parents=True, exist_ok=True)
+    clean_partials(registry.models_dir)
+    for cand in found.candidates:
+        file_name = f"{name.removesuffix('.gguf')}.gguf" if name else cand.name
+        model_id = file_name[:-5]
+        try:
+            yield _import_one(registry, cand, file_name, model_id, link, progress)
+        except (BadRequestError, IntegrityError) as exc:
+            yield Outcome(cand.path, model_id, "refused", exc.message)
+
+
+def _import_one(
+    registry: Registry,
+    cand: Candidate,
+    file_name: str,
+    model_id: str,
+    link: bool,
+    progress: Progress,
+) -> Outcome:
+    safe_file_name(file_name, "The import")
+    read_gguf_info(cand.path)  # a whole, readable GGUF model, or a clear refusal
+    listed = registry.list()
+    expected, size = cand.expected, cand.path.stat().st_size
+    if expected is None and any(m.size == size for m in listed):
+        expected = hash_file(cand.path, progress)  # a likely duplicate: hash it before copying
+    if expected is not None and (dup := _installed(registry, expected, size)) is not None:
+        return Outcome(cand.path, dup, "skipped", f"already installed as {dup}")
+    clash = next((m for m in listed if m.id == model_id), None)
+    if clash is not None:
+        return Outcome(
+            cand.path,
+            model_id,
+            "refused",
+            f"a different model named {model_id} is installed ({clash.path}); import this one "
+            "under another name with --name, or remove the other first",
+        )
+    if link:
+        digest = hash_file(cand.path, progress)
+        if expected is not None and digest != expected:
+            raise IntegrityError(
+                f"{cand.path} is damaged: its sha256 is {digest}, but "
+                f"{cand.expected_from or 'its source'} says {expected}"
+            )
+        origin = {**cand.origin, "reference": True}
+        registry.record(cand.path, digest, origin=origin, model_id=model_id)
+        return Outcome(cand.path, model_id, "linked", _vouched(cand))
+    dest = registry.models_dir / file_name
+    try:
+        digest = copy_hashed(
+            cand.path, dest, expected=expected, expected_from=cand.expected_from, progress=progress
+        )
+    except FileExistsError:
+        return Outcome(
+            cand.path,
+            model_id,
+            "refused",
+            f"{dest} already exists (not a readable model); move it away or use --name",
+        )
+    registry.record(dest, digest, origin=cand.origin)
+    return Outcome(cand.path, model_id, "imported", _vouched(cand))
+
+
+def _installed(registry: Registry, sha256: str, size: int) -> str | None:
+    """The id of an installed model with this hash (hashing same-size models as needed)."""
+    model = registry.find_hash(sha256)
+    if model is not None:
+        return model.id
+    for m in registry.list():
+        if m.sha256 is None and m.size == size:
+            try:
+                if registry.hash_of(m) == sha256:
+                    return m.id
+            except OffGridError:
+                continue
+    return None
+
+
+def _vouched(cand: Candidate) -> str:
+    return f"sha256 checked against {cand.expected_from}" if cand.expected else "sha256 recorded"

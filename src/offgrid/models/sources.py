@@ -1,0 +1,220 @@
+"""What an import source holds: the GGUF files to take, and the hash each must have.
+
+A source is a GGUF file, a folder (searched recursively: a USB stick, an LM Studio models
+folder), an OffGrid bundle, an Ollama model store or one of its models by name
+(``llama3.2:1b``), or a HuggingFace cache. The shortcuts ``ollama``, ``hf-cache`` and
+``lmstudio`` name those tools' usual folders. Hashes come from what vouches for a file:
+a bundle manifest, an Ollama manifest digest, a HuggingFace blob name, a ``SHA256SUMS``
+or a ``<file>.sha256`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from offgrid.errors import BadRequestError
+from offgrid.models.bundle import find_manifest, read_bundle, safe_file_name
+from offgrid.models.keys import Keys
+
+__all__ = ["Candidate", "Found", "find_candidates"]
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_OLLAMA_MODEL = "application/vnd.ollama.image.model"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One file to import."""
+
+    path: Path
+    name: str  # its file name in the models folder
+    origin: Mapping[str, Any]
+    expected: str | None = None  # the sha256 it must have
+    expected_from: str = ""  # what vouches for that hash
+
+
+@dataclass
+class Found:
+    """What a source holds."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    passed_over: list[Path] = field(default_factory=list)  # files that are not .gguf
+    note: str = ""  # e.g. how a bundle is signed
+
+
+def _default_folders(env: Mapping[str, str]) -> dict[str, list[Path]]:
+    home = Path(env.get("HOME") or Path.home())
+    hf_home = Path(env.get("HF_HOME") or home / ".cache" / "huggingface")
+    return {
+        "ollama": [
+            Path(env["OLLAMA_MODELS"]) if env.get("OLLAMA_MODELS") else home / ".ollama/models",
+            Path("/usr/share/ollama/.ollama/models"),
+        ],
+        "hf-cache": [Path(env.get("HF_HUB_CACHE") or hf_home / "hub")],
+        "lmstudio": [home / ".lmstudio/models", home / ".cache/lm-studio/models"],
+    }
+
+
+def find_candidates(
+    source: str,
+    keys: Keys,
+    *,
+    allow_untrusted: bool = False,
+    ollama_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Found:
+    """The files ``source`` holds, with their expected hashes; BadRequestError if it
+    holds nothing importable or cannot be read."""
+    env = os.environ if env is None else env
+    path = Path(os.path.expanduser(source))
+    defaults = _default_folders(env)
+    if not path.exists() and source in defaults:
+        path = next((p for p in defaults[source] if p.is_dir()), defaults[source][0])
+        if not path.is_dir():
+            raise BadRequestError(f"No {source} folder found (looked in {path})")
+    if path.is_file():
+        return Found([_plain(path, "file")])
+    if path.is_dir():
+        if (manifest := find_manifest(path)) is not None:
+            entries, note = read_bundle(manifest, keys, allow_untrusted=allow_untrusted)
+            origin = {"kind": "bundle", "source": str(manifest.parent), "signature": note}
+            found = [
+                Candidate(e.path, f"{e.model_id}.gguf", origin, e.sha256, "the bundle manifest")
+                for e in entries
+            ]
+            return Found(found, note=note)
+        if (path / "manifests").is_dir() and (path / "blobs").is_dir():
+            return Found(list(_ollama_store(path)))
+        if path.name.startswith("models--") or any(path.glob("models--*/snapshots")):
+            repos = [path] if path.name.startswith("models--") else sorted(path.glob("models--*"))
+            return Found([c for repo in repos for c in _hf_repo(repo)])
+        return _walk(path)
+    if ":" in source or _NAME_PART.match(source):
+        store = ollama_dir or next((p for p in defaults["ollama"] if p.is_dir()), None)
+        if store is not None:
+            return Found([_ollama_model(store, source)])
+    raise BadRequestError(
+        f"'{source}' is not a file or folder, nor an Ollama model in a store found here. "
+        "Give a .gguf file, a folder, a bundle, or a model name with --ollama-dir."
+    )
+
+
+def _plain(path: Path, kind: str) -> Candidate:
+    """A file found on disk, vouched for by a sidecar hash or SHA256SUMS when present."""
+    expected, expected_from = _sidecar_hash(path)
+    name = path.name if path.name.endswith(".gguf") else f"{path.name}.gguf"
+    return Candidate(path, name, {"kind": kind, "source": str(path)}, expected, expected_from)
+
+
+def _sidecar_hash(path: Path) -> tuple[str | None, str]:
+    for sums in (path.with_name(path.name + ".sha256"), path.with_name("SHA256SUMS")):
+        try:
+            lines = sums.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            digest, _, name = line.strip().partition(" ")
+            name = name.strip().lstrip("*")
+            if _SHA256.match(digest) and name in ("", path.name):
+                return digest.lower(), str(sums)
+    return None, ""
+
+
+def _walk(folder: Path) -> Found:
+    """Every .gguf below ``folder`` (hidden folders skipped), LM Studio's layout included."""
+    found = Found()
+    kind = "lmstudio" if {"lm-studio", ".lmstudio"} & set(folder.parts) else "folder"
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if name.startswith("."):
+                continue
+            if not name.endswith(".gguf") or name.startswith("mmproj"):
+                found.passed_over.append(path)
+            else:
+                found.candidates.append(_plain(path, kind))
+    if not found.candidates:
+        raise BadRequestError(f"{folder} holds no .gguf model files")
+    return found
+
+
+def _ollama_store(store: Path) -> Iterator[Candidate]:
+    """Every model of an Ollama store, by the names its manifests give."""
+    root = store / "manifests"
+    for manifest in sorted(p for p in root.rglob("*") if p.is_file()):
+        parts = manifest.relative_to(root).parts  # host / namespace / model / tag
+        if len(parts) == 4:
+            ns = "" if parts[1] == "library" else f"{parts[1]}/"
+            yield _ollama_model(store, f"{ns}{parts[2]}:{parts[3]}")
+
+
+def _ollama_model(store: Path, name: str) -> Candidate:
+    """The GGUF blob an Ollama model name points to, vouched for by its digest."""
+    ref, _, tag = name.partition(":")
+    parts = ref.split("/")
+    host, ns = "registry.ollama.ai", "library"
+    if len(parts) == 2:
+        ns = parts[0]
+    elif len(parts) >= 3:
+        host, ns = parts[-3], parts[-2]
+    model, tag = parts[-1], tag or "latest"
+    if not all(_NAME_PART.match(p) for p in (host, ns, model, tag)):
+        raise BadRequestError(f"'{name}' is not an Ollama model name like llama3.2:1b")
+    manifest = store / "manifests" / host / ns / model / tag
+    try:
+        layers = json.loads(manifest.read_text(encoding="utf-8"))["layers"]
+        digest = next(x["digest"] for x in layers if x.get("mediaType") == _OLLAMA_MODEL)
+    except FileNotFoundError:
+        raise BadRequestError(f"No Ollama model '{name}' in {store}") from None
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise BadRequestError(f"{manifest} is not a readable Ollama manifest: {exc}") from exc
+    algo, _, hex_digest = str(digest).partition(":")
+    if algo != "sha256" or not _SHA256.match(hex_digest):
+        raise BadRequestError(f"{manifest} gives the model layer an unknown digest {digest!r}")
+    model_id = model if tag == "latest" else f"{model}-{tag}"
+    origin = {"kind": "ollama", "name": f"{ref}:{tag}", "source": str(store)}
+    blob = store / "blobs" / f"sha256-{hex_digest}"
+    return Candidate(
+        blob,
+        safe_file_name(f"{model_id}.gguf", str(manifest)),
+        origin,
+        hex_digest.lower(),
+        "the Ollama manifest",
+    )
+
+
+def _hf_repo(repo: Path) -> list[Candidate]:
+    """The GGUF files of one repository in a HuggingFace cache (its ``main`` revision when
+    known). The cache names each blob by its sha256, which vouches for it."""
+    repo_name = repo.name.removeprefix("models--").replace("--", "/")
+    snapshots = repo / "snapshots"
+    ref = repo / "refs" / "main"
+    revisions = [ref.read_text().strip()] if ref.is_file() else []
+    folders = [snapshots / r for r in revisions if (snapshots / r).is_dir()]
+    out = []
+    for snap in folders or sorted(p for p in snapshots.glob("*") if p.is_dir()):
+        for path in sorted(snap.rglob("*.gguf")):
+            blob = path.resolve()
+            if not blob.is_relative_to(repo.resolve()):
+                raise BadRequestError(f"{path} points outside its cache folder: refused")
+            origin = {
+                "kind": "hf-cache",
+                "repo": repo_name,
+                "revision": snap.name,
+                "file": str(path.relative_to(snap)),
+            }
+            expected = blob.name.lower() if _SHA256.match(blob.name) else None
+            out.append(
+                Candidate(
+                    path, path.name, origin, expected, "the HuggingFace cache" if expected else ""
+                )
+            )
+    return out
