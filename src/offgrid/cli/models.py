@@ -105,7 +105,11 @@ def register(app: typer.Typer) -> None:
         style = {"OK": "green", "CHANGED": "red", "MISSING": "red"}
         for c in checks:
             note = f"  {c.detail}" if c.detail else ""
-            console.print(f"[{style[c.status]}]{c.status:8}[/] {c.model_id}{note}", highlight=False)
+            console.print(
+                f"[{style[c.status]}]{c.status:8}[/] {c.model_id}{note}",
+                highlight=False,
+                soft_wrap=True,
+            )
         bad = [c for c in checks if c.status != "OK"]
         console.print(f"{len(checks) - len(bad)} OK, {len(bad)} not OK", highlight=False)
         if bad:
@@ -158,6 +162,7 @@ def register(app: typer.Typer) -> None:
                 console.print(
                     f"[{_STYLE[o.status]}]{o.status:8}[/] {o.model_id} ← {o.source}{detail}",
                     highlight=False,
+                    soft_wrap=True,
                 )
         if found.passed_over:
             counts["not .gguf"] = len(found.passed_over)

@@ -45,8 +45,10 @@ def import_found(
 
     A full disk stops the import (StorageError); other problems refuse one file and go on.
     """
-    if name is not None and len(found.candidates) != 1:
-        raise BadRequestError("--name needs a source that holds exactly one model")
+    if name is not None:
+        if len(found.candidates) != 1:
+            raise BadRequestError("--name needs a source that holds exactly one model")
+        safe_file_name(f"{name.removesuffix('.gguf')}.gguf", "--name")
     registry.models_dir.mkdir(parents=True, exist_ok=True)
     clean_partials(registry.models_dir)
     for cand in found.candidates:
@@ -66,7 +68,6 @@ def _import_one(
     link: bool,
     progress: Progress,
 ) -> Outcome:
-    safe_file_name(file_name, "The import")
     read_gguf_info(cand.path)  # a whole, readable GGUF model, or a clear refusal
     listed = registry.list()
     expected, size = cand.expected, cand.path.stat().st_size
