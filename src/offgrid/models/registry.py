@@ -26,6 +26,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from offgrid.config import Settings
 
 __all__ = ["Check", "ModelInfo", "Registry"]
+
+RACY_NS = 2_000_000_000  # mtime ticks are coarse (jiffies, FAT's 2 s): younger is not trusted
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -253,8 +256,14 @@ class Registry:
         model_id: str | None = None,
     ) -> None:
         """Remember ``path``'s hash as it is now (and where it came from, and for a
-        reference its id)."""
+        reference its id).
+
+        A file modified in the last seconds could change again within the same mtime
+        tick unseen (git's "racy clean" case): its stat is not kept, so the next check
+        hashes it rather than trusting the stat.
+        """
         st = path.stat()
+        racy = time.time_ns() - st.st_mtime_ns < RACY_NS
         with self._lock:
             db = self._conn()
             db.execute(
@@ -264,7 +273,7 @@ class Registry:
                     model_id,
                     sha256,
                     st.st_size,
-                    st.st_mtime_ns,
+                    0 if racy else st.st_mtime_ns,
                     json.dumps(dict(origin)) if origin else None,
                 ),
             )

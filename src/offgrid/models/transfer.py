@@ -108,6 +108,8 @@ def copy_hashed(
                 progress.advance(n)
             fout.flush()
             os.fsync(fout.fileno())
+        src_stat = src.stat()  # keep the source's times, as `cp -p` does: a later change
+        os.utime(tmp, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))  # shows in the mtime
         actual = digest.hexdigest()
         if expected is not None and actual != expected.lower():
             raise IntegrityError(
