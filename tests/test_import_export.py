@@ -541,3 +541,18 @@ def test_a_read_only_folder_is_scanned_in_place(node: Node, tmp_path: Path) -> N
         assert verify.returncode == 0 and "hash recorded" in verify.stdout
     finally:
         stick.chmod(0o755)
+
+
+def test_read_back_compares_what_the_medium_holds_with_the_source(tmp_path: Path) -> None:
+    import offgrid.models.transfer as transfer
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(40 << 20))
+    for mode in ("sample", "all"):
+        dest = tmp_path / f"{mode}.bin"
+        assert copy_hashed(src, dest, read_back=mode) == sha256(src) == sha256(dest)  # type: ignore[arg-type]
+    lost = tmp_path / "lost.bin"  # a medium that dropped the end of the file
+    lost.write_bytes(src.read_bytes()[: -(1 << 20)] + bytes(1 << 20))
+    with src.open("rb") as a, lost.open("rb") as b:
+        assert not transfer._same_samples(a.fileno(), b.fileno(), src.stat().st_size)
+        assert transfer._same_samples(a.fileno(), a.fileno(), src.stat().st_size)

@@ -18,8 +18,15 @@ from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
 from offgrid.models.registry import Registry
 from offgrid.models.sources import find_candidates
+from offgrid.models.transfer import ReadBack
 
 _STYLE = {"imported": "green", "linked": "green", "skipped": "yellow", "refused": "red"}
+
+
+def _read_back(value: str) -> ReadBack:
+    if value not in ("none", "sample", "all"):
+        raise OffGridError(f"--read-back must be none, sample or all, not {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def keys_of(settings: Settings) -> Keys:
@@ -174,6 +181,13 @@ def register(app: typer.Typer) -> None:
     def export(
         args: Annotated[list[str], typer.Argument(help="Model ids, then the destination folder")],
         sign: Annotated[bool, typer.Option(help="Sign the manifest with this node's key")] = True,
+        read_back: Annotated[
+            str,
+            typer.Option(
+                help="Check what the medium holds: sample (32 blocks per file), all (every "
+                "byte, as long again as writing) or none"
+            ),
+        ] = "sample",
     ) -> None:
         """Export models as a verified bundle (e.g. to a USB stick) that `offgrid import` reads."""
         if len(args) < 2:
@@ -183,7 +197,12 @@ def register(app: typer.Typer) -> None:
         keys = keys_of(settings) if sign else None
         with file_progress() as progress:
             manifest = export_bundle(
-                Registry.for_settings(settings), ids, Path(dest), keys=keys, progress=progress
+                Registry.for_settings(settings),
+                ids,
+                Path(dest),
+                keys=keys,
+                read_back=_read_back(read_back),
+                progress=progress,
             )
         Console().print(f"Exported {len(ids)} model(s) to {manifest.parent}", highlight=False)
 

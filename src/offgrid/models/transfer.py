@@ -8,6 +8,7 @@ while copying reads the source once instead of twice (``cp`` then ``sha256sum``)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -15,8 +16,9 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import psutil
 
@@ -27,6 +29,7 @@ __all__ = [
     "CHUNK",
     "NO_PROGRESS",
     "Progress",
+    "ReadBack",
     "check_free_space",
     "clean_partials",
     "copy_hashed",
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 CHUNK = 8 * 1024 * 1024
+ReadBack = Literal["none", "sample", "all"]
 _PARTIAL = re.compile(r"^\..+\.(\d+)\.partial$")
 
 
@@ -58,19 +62,13 @@ class _Silent:
 NO_PROGRESS: Progress = _Silent()
 
 
-def hash_file(path: Path, progress: Progress = NO_PROGRESS, *, drop_cache: bool = False) -> str:
-    """The sha256 of a file, read in large chunks.
-
-    ``drop_cache`` asks the kernel to forget its cached pages first, so the bytes are read
-    back from the medium itself (a USB stick that lies about a write shows here).
-    """
+def hash_file(path: Path, progress: Progress = NO_PROGRESS) -> str:
+    """The sha256 of a file, read in large chunks."""
     digest = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     progress.start(path.name, path.stat().st_size)
     with _storage_errors(path), path.open("rb") as fh:
-        if drop_cache and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         while n := fh.readinto(buf):
             digest.update(view[:n])
             progress.advance(n)
@@ -84,38 +82,47 @@ def copy_hashed(
     expected: str | None = None,
     expected_from: str = "",
     overwrite: bool = False,
+    read_back: ReadBack = "none",
     progress: Progress = NO_PROGRESS,
 ) -> str:
     """Copy ``src`` to ``dest`` and return its sha256, computed in the same pass.
 
     ``dest`` appears only complete, fsynced and, when ``expected`` is given, matching it;
     otherwise IntegrityError (naming ``src`` and where ``expected`` came from) and nothing
-    is left. Without ``overwrite`` an existing
-    ``dest`` is never replaced (FileExistsError).
+    is left. Without ``overwrite`` an existing ``dest`` is never replaced
+    (FileExistsError).
+
+    ``read_back`` checks what the medium really stores, bypassing the page cache:
+    ``"sample"`` reads back 32 blocks spread over the file once it is synced (cheap; catches
+    a stick that drops or wraps writes, as counterfeit ones do), ``"all"`` reads back every
+    chunk as it is written and hashes it (as long again as the writing, on most disks).
     """
     size = src.stat().st_size
     check_free_space(dest.parent, size, what=dest.name)
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.partial"
-    digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
     progress.start(src.name, size)
     try:
-        with _storage_errors(dest), src.open("rb") as fin, tmp.open("wb") as fout:
-            while n := fin.readinto(buf):
-                digest.update(view[:n])
-                fout.write(view[:n])
-                progress.advance(n)
-            fout.flush()
+        with (
+            _storage_errors(dest),
+            src.open("rb", buffering=0) as fin,
+            tmp.open("w+b", buffering=0) as fout,
+        ):
+            actual, back = _pipelined_copy(fin, fout.fileno(), read_back == "all", progress)
             os.fsync(fout.fileno())
+            if read_back == "sample" and not _same_samples(fin.fileno(), fout.fileno(), size):
+                back = ""
         src_stat = src.stat()  # keep the source's times, as `cp -p` does: a later change
         os.utime(tmp, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))  # shows in the mtime
-        actual = digest.hexdigest()
         if expected is not None and actual != expected.lower():
             raise IntegrityError(
                 f"{src} is damaged: its sha256 is {actual}, but "
                 f"{expected_from or 'the recorded hash'} says {expected}. It was not copied; "
                 "get a good copy of it and try again."
+            )
+        if back is not None and back != actual:
+            raise IntegrityError(
+                f"The copy of {src.name} in {dest.parent} does not read back as it was "
+                "written: the medium may be failing. Try another disk or stick."
             )
         with _storage_errors(dest):
             if overwrite:
@@ -126,6 +133,64 @@ def copy_hashed(
         return actual
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _pipelined_copy(
+    fin: BinaryIO, out: int, read_back: bool, progress: Progress
+) -> tuple[str, str | None]:
+    """Read ``fin`` once and write it to ``out`` while one thread hashes what was read
+    and another flushes what was written to the disk (and with ``read_back`` reads it
+    back from there and hashes that).
+
+    hashlib and file I/O release the GIL, so the copy takes about as long as its slowest
+    part instead of the sum of all (docs/decisions.md). Returns (sha256, read-back sha256).
+    """
+    digest, back = hashlib.sha256(), hashlib.sha256()
+    hashing: collections.deque[Future[None]] = collections.deque()
+    checking: collections.deque[Future[None]] = collections.deque()
+    with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as checker:
+        offset = 0
+        while chunk := fin.read(CHUNK):
+            hashing.append(hasher.submit(digest.update, chunk))
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out, view) :]
+            checking.append(
+                checker.submit(_settle, out, offset, len(chunk), back if read_back else None)
+            )
+            offset += len(chunk)
+            progress.advance(len(chunk))
+            for queue in (hashing, checking):
+                while len(queue) > _IN_FLIGHT:  # bound the chunks held in memory
+                    queue.popleft().result()
+        for future in (*hashing, *checking):
+            future.result()
+    return digest.hexdigest(), back.hexdigest() if read_back else None
+
+
+_IN_FLIGHT = 4
+_SAMPLES, _SAMPLE_BYTES = 32, 1 << 20
+
+
+def _same_samples(src: int, dest: int, size: int) -> bool:
+    """Whether blocks spread over the file (first and last included) read back from the
+    medium as they are in the source."""
+    step = max(1, (size - _SAMPLE_BYTES) // (_SAMPLES - 1))
+    for offset in sorted({min(i * step, max(0, size - _SAMPLE_BYTES)) for i in range(_SAMPLES)}):
+        os.posix_fadvise(dest, offset, _SAMPLE_BYTES, os.POSIX_FADV_DONTNEED)
+        if os.pread(dest, _SAMPLE_BYTES, offset) != os.pread(src, _SAMPLE_BYTES, offset):
+            return False
+    return True
+
+
+def _settle(fd: int, offset: int, length: int, digest: hashlib._Hash | None) -> None:
+    """Push what was written so far to the disk (so the final fsync has little left to
+    wait for) and, given ``digest``, hash the chunk at ``offset`` as the medium returns it:
+    its cached pages are dropped first, so the read comes from the disk, not from memory."""
+    os.fdatasync(fd)
+    if digest is not None:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        digest.update(os.pread(fd, length, offset))
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
