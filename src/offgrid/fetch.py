@@ -10,64 +10,20 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import requests
 
 from offgrid.errors import SetupError
+from offgrid.models.transfer import atomic_writer, hash_file
 
-__all__ = ["Progress", "atomic_writer", "fetch_package_file", "sha256_file"]
+__all__ = ["Progress", "fetch_package_file"]
 
 Progress = Callable[[str, int, int | None], None]
 """Called as ``progress(label, done_bytes, total_bytes)``."""
 
 _CHUNK = 1024 * 1024
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class atomic_writer:
-    """Write ``path`` through a temp file in the same folder; fsync and rename on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._tmp: Path | None = None
-        self._fh: IO[bytes] | None = None
-
-    def __enter__(self) -> IO[bytes]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        self._tmp = Path(name)
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide models from a service user
-        self._fh = os.fdopen(fd, "wb")
-        return self._fh
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        assert self._fh is not None and self._tmp is not None
-        try:
-            if exc_type is None:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-            self._fh.close()
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
-                dir_fd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-        finally:
-            self._tmp.unlink(missing_ok=True)
 
 
 def _index_url() -> str:
@@ -117,7 +73,7 @@ def fetch_package_file(
     """
     stem = _file_stem(project, version)
     for cached in sorted(dest_dir.glob(f"{stem}*{suffix}")) if dest_dir.is_dir() else []:
-        if not sha256 or sha256_file(cached) == sha256:
+        if not sha256 or hash_file(cached) == sha256:
             return cached  # offline after the first fetch; callers verify what they unpack
     name, url, published = _find_file(project, version, suffix)
     expected = sha256 or published

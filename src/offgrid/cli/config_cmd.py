@@ -13,7 +13,7 @@ from rich.table import Table
 
 from offgrid.cli.common import settings_from
 from offgrid.config import FIELDS, Settings, config_file_path, read_config_file
-from offgrid.fetch import atomic_writer
+from offgrid.models.transfer import atomic_writer
 
 
 def _as_file(settings: Settings) -> dict[str, dict[str, object]]:

@@ -10,7 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from offgrid.cli.common import call_server, file_progress, human_size, settings_from
+from offgrid.cli.common import (
+    call_server,
+    file_progress,
+    human_size,
+    print_columns,
+    settings_from,
+)
 from offgrid.config import Settings
 from offgrid.errors import EngineUnavailableError, OffGridError
 from offgrid.models.bundle import export_bundle
@@ -46,25 +52,24 @@ def register(app: typer.Typer) -> None:
                 "or add .gguf files."
             )
             return
-        table = Table(title=f"Models in {settings.models_dir}")
-        for column in ("ID", "SIZE", "QUANT", "ARCH", "PARAMS", "CONTEXT"):
-            table.add_column(column, no_wrap=column == "ID")
+        rows = []
         for m in models:
             g = m.gguf
             if g is None:
-                table.add_row(m.id, human_size(m.size), "?", f"unreadable: {m.error}", "", "")
+                rows.append([m.id, human_size(m.size), "?", f"unreadable: {m.error}", "", ""])
                 continue
-            table.add_row(
-                m.id,
-                human_size(m.size),
-                g.quantization,
-                g.architecture,
-                f"{g.parameters / 1e6:.0f}M"
-                if g.parameters < 1e9
-                else f"{g.parameters / 1e9:.1f}B",
-                str(g.context_length),
+            params = g.parameters / 1e6
+            rows.append(
+                [
+                    m.id,
+                    human_size(m.size),
+                    g.quantization,
+                    g.architecture,
+                    f"{params:.0f}M" if params < 1000 else f"{params / 1000:.1f}B",
+                    str(g.context_length),
+                ]
             )
-        console.print(table)
+        print_columns(["ID", "SIZE", "QUANT", "ARCH", "PARAMS", "CONTEXT"], rows)
 
     @app.command()
     def show(

