@@ -6,6 +6,7 @@ HuggingFace cache, LM Studio) are built by the tests as those tools lay them out
 
 from __future__ import annotations
 
+import base64
 import filecmp
 import hashlib
 import json
@@ -323,9 +324,18 @@ def test_one_flipped_byte_in_a_bundle_is_refused_naming_the_file(
     assert not [p for p in other.models.iterdir() if p.name.startswith(".b.gguf")]
 
 
-def test_a_tampered_manifest_is_refused(bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tamper", ["contents", "signature", "key"])
+def test_a_tampered_manifest_is_refused(bundle: Path, tmp_path: Path, tamper: str) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["models"][0]["sha256"] = sha256(bundle / "b.gguf")  # swap in another hash
+    if tamper == "contents":  # swap in another file's hash, keep the signature
+        manifest["models"][0]["sha256"] = sha256(bundle / "b.gguf")
+    elif tamper == "signature":
+        value = bytearray(base64.b64decode(manifest["signature"]["value"]))
+        value[0] ^= 1
+        manifest["signature"]["value"] = base64.b64encode(value).decode()
+    else:  # re-signed by someone else, claiming to be the exporter
+        forger = Keys(tmp_path / "forger").sign(manifest)
+        manifest["signature"]["value"] = forger["value"]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     other = Node(tmp_path / "other")
     result = other.cli("import", str(bundle.parent))

