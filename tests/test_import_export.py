@@ -24,9 +24,9 @@ from conftest import wait_for
 from offgrid.config import load_settings
 from offgrid.errors import BadRequestError, IntegrityError, StorageError
 from offgrid.models.bundle import export_bundle
-from offgrid.models.importer import Outcome, import_found
+from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
-from offgrid.models.registry import Registry
+from offgrid.models.registry import Registry, Report
 from offgrid.models.sources import find_candidates
 from offgrid.models.starter import GEMMA, STARTER
 from offgrid.models.transfer import copy_hashed
@@ -86,7 +86,7 @@ class Node:
     def models(self) -> Path:
         return self.settings.models_dir
 
-    def import_(self, source: Path | str, **options: object) -> list[Outcome]:
+    def import_(self, source: Path | str, **options: object) -> list[Report]:
         found = find_candidates(
             str(source),
             self.keys,
@@ -106,7 +106,7 @@ def node(tmp_path: Path) -> Node:
     return Node(tmp_path / "node")
 
 
-def statuses(outcomes: list[Outcome]) -> dict[str, str]:
+def statuses(outcomes: list[Report]) -> dict[str, str]:
     return {o.model_id: o.status for o in outcomes}
 
 

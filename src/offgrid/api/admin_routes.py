@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,7 @@ async def import_models(body: ImportRequest, request: Request) -> dict[str, Any]
         outcomes = import_found(_registry(request), found, link=body.link, name=body.name)
         return {
             "note": found.note,
-            "results": [{**dataclasses.asdict(o), "source": str(o.source)} for o in outcomes],
+            "results": [o.as_dict() for o in outcomes],
             "passed_over": [str(p) for p in found.passed_over],
         }
 
@@ -114,7 +113,7 @@ async def import_models(body: ImportRequest, request: Request) -> dict[str, Any]
 async def verify_models(body: VerifyRequest, request: Request) -> dict[str, Any]:
     """Hash models again and compare (see ``offgrid verify``)."""
     checks = await asyncio.to_thread(_registry(request).verify, body.models, accept=body.accept)
-    return {"checks": [{**dataclasses.asdict(c), "path": str(c.path)} for c in checks]}
+    return {"checks": [c.as_dict() for c in checks]}
 
 
 @router.get("/ps")

@@ -172,7 +172,7 @@ def register(app: typer.Typer) -> None:
                 counts[o.status] = counts.get(o.status, 0) + 1
                 detail = f": {o.detail}" if o.detail else ""
                 console.print(
-                    f"[{_STYLE[o.status]}]{o.status:8}[/] {o.model_id} ← {o.source}{detail}",
+                    f"[{_STYLE[o.status]}]{o.status:8}[/] {o.model_id} ← {o.path}{detail}",
                     highlight=False,
                     soft_wrap=True,
                 )

@@ -10,27 +10,15 @@ import are removed when the next one starts.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from offgrid.errors import BadRequestError, IntegrityError, OffGridError
 from offgrid.models.bundle import safe_file_name
 from offgrid.models.gguf_meta import read_gguf_info
-from offgrid.models.registry import Registry
+from offgrid.models.registry import Registry, Report
 from offgrid.models.sources import Candidate, Found
 from offgrid.models.transfer import NO_PROGRESS, Progress, clean_partials, copy_hashed, hash_file
 
-__all__ = ["Outcome", "import_found"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one file: imported, linked, skipped or refused, and why."""
-
-    source: Path
-    model_id: str
-    status: str
-    detail: str = ""
+__all__ = ["import_found"]
 
 
 def import_found(
@@ -40,7 +28,7 @@ def import_found(
     link: bool = False,
     name: str | None = None,
     progress: Progress = NO_PROGRESS,
-) -> Iterator[Outcome]:
+) -> Iterator[Report]:
     """Import each candidate of ``found``, yielding its outcome as it is decided.
 
     A full disk stops the import (StorageError); other problems refuse one file and go on.
@@ -57,7 +45,7 @@ def import_found(
         try:
             yield _import_one(registry, cand, file_name, model_id, link, progress)
         except (BadRequestError, IntegrityError) as exc:
-            yield Outcome(cand.path, model_id, "refused", exc.message)
+            yield Report(model_id, cand.path, "refused", exc.message)
 
 
 def _import_one(
@@ -67,19 +55,19 @@ def _import_one(
     model_id: str,
     link: bool,
     progress: Progress,
-) -> Outcome:
+) -> Report:
     read_gguf_info(cand.path)  # a whole, readable GGUF model, or a clear refusal
     listed = registry.list()
     expected, size = cand.expected, cand.path.stat().st_size
     if expected is None and any(m.size == size for m in listed):
         expected = hash_file(cand.path, progress)  # a likely duplicate: hash it before copying
     if expected is not None and (dup := _installed(registry, expected, size)) is not None:
-        return Outcome(cand.path, dup, "skipped", f"already installed as {dup}")
+        return Report(dup, cand.path, "skipped", f"already installed as {dup}")
     clash = next((m for m in listed if m.id == model_id), None)
     if clash is not None:
-        return Outcome(
-            cand.path,
+        return Report(
             model_id,
+            cand.path,
             "refused",
             f"a different model named {model_id} is installed ({clash.path}); import this one "
             "under another name with --name, or remove the other first",
@@ -93,21 +81,21 @@ def _import_one(
             )
         origin = {**cand.origin, "reference": True}
         registry.record(cand.path, digest, origin=origin, model_id=model_id)
-        return Outcome(cand.path, model_id, "linked", _vouched(cand))
+        return Report(model_id, cand.path, "linked", _vouched(cand))
     dest = registry.models_dir / file_name
     try:
         digest = copy_hashed(
             cand.path, dest, expected=expected, expected_from=cand.expected_from, progress=progress
         )
     except FileExistsError:
-        return Outcome(
-            cand.path,
+        return Report(
             model_id,
+            cand.path,
             "refused",
             f"{dest} already exists (not a readable model); move it away or use --name",
         )
     registry.record(dest, digest, origin=cand.origin)
-    return Outcome(cand.path, model_id, "imported", _vouched(cand))
+    return Report(model_id, cand.path, "imported", _vouched(cand))
 
 
 def _installed(registry: Registry, sha256: str, size: int) -> str | None:

@@ -45,7 +45,7 @@ from offgrid.models.transfer import NO_PROGRESS, Progress, hash_file
 if TYPE_CHECKING:
     from offgrid.config import Settings
 
-__all__ = ["Check", "ModelInfo", "Registry"]
+__all__ = ["ModelInfo", "Registry", "Report"]
 
 RACY_NS = 2_000_000_000  # mtime ticks are coarse (jiffies, FAT's 2 s): younger is not trusted
 
@@ -114,13 +114,22 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class Check:
-    """What ``verify`` found for one model: OK, CHANGED or MISSING."""
+class Report:
+    """What became of one model file, and why: ``verify`` says OK, CHANGED or MISSING;
+    an import says imported, linked, skipped or refused (``path`` is then the source)."""
 
     model_id: str
     path: Path
     status: str
     detail: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "model_id": self.model_id,
+            "path": str(self.path),
+            "status": self.status,
+            "detail": self.detail,
+        }
 
 
 class Registry:
@@ -321,7 +330,7 @@ class Registry:
         *,
         accept: bool = False,
         progress: Progress = NO_PROGRESS,
-    ) -> builtins.list[Check]:
+    ) -> builtins.list[Report]:
         """Hash the models (``ids``, or all) again and compare with what was recorded.
 
         A model never hashed gets its hash recorded (OK). With ``accept`` a changed file's
@@ -340,18 +349,18 @@ class Registry:
             if model.sha256 is None or accept:
                 self.record(model.path, actual)
                 note = "hash recorded" if model.sha256 is None else "new hash accepted"
-                checks.append(Check(model.id, model.path, "OK", note))
+                checks.append(Report(model.id, model.path, "OK", note))
             elif actual == model.sha256:
                 self.record(model.path, actual)  # same bytes: trust the new mtime too
-                checks.append(Check(model.id, model.path, "OK"))
+                checks.append(Report(model.id, model.path, "OK"))
             else:
                 checks.append(
-                    Check(model.id, model.path, "CHANGED", _changed(model, model.sha256, actual))
+                    Report(model.id, model.path, "CHANGED", _changed(model, model.sha256, actual))
                 )
         for model_id, path in self._missing().items():
             if not ids or model_id in ids:
                 forget = f"{path} is gone; `offgrid remove {model_id}` forgets it"
-                checks.append(Check(model_id, path, "MISSING", forget))
+                checks.append(Report(model_id, path, "MISSING", forget))
         return checks
 
     def _missing(self) -> dict[str, Path]:
