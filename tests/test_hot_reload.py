@@ -112,7 +112,11 @@ def test_models_api_shows_details_and_imports_from_a_path(
     served: Server, model_store: Path, tmp_path: Path
 ) -> None:
     details = requests.get(f"{served.url}/api/models/{STARTER_ID}", timeout=60).json()
-    assert details["sha256"] == STARTER.sha256 and details["memory"]["cpu_ram_bytes"] > 0
+    assert details["sha256"] is None and details["memory"]["cpu_ram_bytes"] > 0  # not hashed yet
+    checks = requests.post(f"{served.url}/api/models/verify", json={}, timeout=60).json()
+    assert [(c["model_id"], c["status"]) for c in checks["checks"]] == [(STARTER_ID, "OK")]
+    details = requests.get(f"{served.url}/api/models/{STARTER_ID}", timeout=60).json()
+    assert details["sha256"] == STARTER.sha256
     resp = requests.post(
         f"{served.url}/api/models/import",
         json={"source": str(model_store / GEMMA.file_name)},

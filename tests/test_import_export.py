@@ -165,6 +165,10 @@ def test_a_sidecar_hash_or_sha256sums_vouches_for_a_file(node: Node, tmp_path: P
     assert got["good"].status == "imported" and "SHA256SUMS" in got["good"].detail
     assert got["bad"].status == "refused" and "bad.gguf is damaged" in got["bad"].detail
     assert node.registry.ids() == ["good"]
+    other = tiny_gguf(tmp_path / "nameless" / "other.gguf", 4)  # a line without a name
+    (other.parent / "SHA256SUMS").write_text("0" * 64 + "\n")  # vouches for no file
+    [o] = node.import_(other)
+    assert o.status == "imported" and o.detail == "sha256 recorded"
     side = tiny_gguf(tmp_path / "one" / "side.gguf", 3)
     side.with_name("side.gguf.sha256").write_text("0" * 64 + "  side.gguf\n")
     [o] = node.import_(side)
@@ -226,8 +230,11 @@ def test_a_whole_ollama_store_imports_and_a_wrong_digest_is_refused(
     ollama_store(store, "a", "latest", tiny_gguf(tmp_path / "a.gguf", 1))
     digest = ollama_store(store, "b", "q4", tiny_gguf(tmp_path / "b.gguf", 2))
     flip_byte(store / "blobs" / f"sha256-{digest}")  # the blob no longer matches its name
+    broken = store / "manifests" / "registry.ollama.ai" / "library" / "c" / "latest"
+    broken.parent.mkdir()
+    broken.write_text("{not json")
     got = statuses(node.import_(store))
-    assert got == {"a": "imported", "b-q4": "refused"}
+    assert got == {"a": "imported", "b-q4": "refused", "latest": "refused"}
 
 
 def hf_cache(root: Path, repo: str, files: dict[str, Path]) -> Path:
@@ -388,10 +395,12 @@ def test_symlinks_that_lead_out_are_refused(node: Node, tmp_path: Path) -> None:
     (bundle / "manifest.json").write_text(json.dumps({"models": [entry]}))
     with pytest.raises(BadRequestError, match="symbolic link"):
         node.import_(bundle.parent)
-    repo = hf_cache(tmp_path / "hub", "a/b", {})
-    (repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567" / "x.gguf").symlink_to(outside)
-    with pytest.raises(BadRequestError, match="outside its cache folder"):
-        node.import_(tmp_path / "hub")
+    repo = hf_cache(tmp_path / "hub", "a/b", {"ok.gguf": tiny_gguf(tmp_path / "ok.gguf", 2)})
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    (snapshot / "x.gguf").symlink_to(outside)
+    got = {o.model_id: o for o in node.import_(tmp_path / "hub")}
+    assert got["x"].status == "refused" and "outside its cache folder" in got["x"].detail
+    assert got["ok"].status == "imported"
     with pytest.raises(BadRequestError, match=r"plain \.gguf file name"):
         node.import_(outside, name="../../x")
 
@@ -406,8 +415,12 @@ def test_an_import_killed_halfway_leaves_no_model_and_a_rerun_completes(
     big.write_bytes((model_store / GEMMA.file_name).read_bytes())
     os.truncate(big, big.stat().st_size + 1_500_000_000)
     proc = subprocess.Popen([*OFFGRID, "import", str(big)], env=node.env)
-    partial = node.models / f".big.gguf.{proc.pid}.partial"
-    wait_for(lambda: partial.exists() and partial.stat().st_size > 300_000_000, 60, "the copy")
+
+    def copied() -> bool:
+        partials = list(node.models.glob(f".big.gguf.{proc.pid}.*.partial"))
+        return bool(partials) and partials[0].stat().st_size > 300_000_000
+
+    wait_for(copied, 60, "the copy to be under way")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert node.registry.ids() == []
@@ -498,15 +511,19 @@ def test_verify_reports_ok_changed_and_missing(node: Node, tmp_path: Path) -> No
     flip_byte(target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # the same size and mtime: still found
     (node.models / "gone.gguf").unlink()
+    os.truncate(node.models / "ok.gguf", 1000)  # cut short: no longer listed, still reported
     result = node.cli("verify")
     assert result.returncode == 1
     lines = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines()[:-1]}
-    assert lines == {"ok": "OK", "changed": "CHANGED", "new": "OK", "gone": "MISSING"}
-    assert "hash recorded" in result.stdout and "--accept changed" in " ".join(
-        result.stdout.split()
+    assert lines == {"ok": "CHANGED", "changed": "CHANGED", "new": "OK", "gone": "MISSING"}
+    text = " ".join(result.stdout.split())
+    assert (
+        "hash recorded" in text and "--accept changed" in text and "ok.gguf is incomplete" in text
     )
     assert node.cli("verify", "--accept", "changed").returncode == 0
     assert "forgot gone" in node.cli("remove", "gone").stdout
+    (node.models / "ok.gguf").unlink()
+    assert "forgot ok" in node.cli("remove", "ok").stdout
     assert node.cli("verify").returncode == 0
 
 

@@ -433,7 +433,7 @@ class Scheduler:
                 changed = (st.st_size, st.st_mtime) != (model.size, model.mtime)
             except OSError:
                 changed = True
-            if changed:
+            if changed and self._slots.get(model_id) is slot:
                 await self._unload(model_id, "because its file was removed or replaced")
                 gone.append(model_id)
         return gone

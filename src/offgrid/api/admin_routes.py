@@ -59,16 +59,15 @@ async def installed_models(request: Request) -> dict[str, Any]:
 
 @router.get("/models/{model_id}")
 async def model_details(model_id: str, request: Request) -> dict[str, Any]:
-    """One model, as ``offgrid show`` prints it (hashing it first if it never was)."""
+    """One model, as ``offgrid show`` prints it (``sha256`` is null until the file is
+    hashed: ``POST /api/models/verify``; hashing a large file here would hold the request
+    for minutes)."""
     from offgrid.api.app import estimate
 
-    registry = _registry(request)
-    model = await asyncio.to_thread(registry.get, model_id)
-    sha = await asyncio.to_thread(registry.hash_of, model)
+    model = await asyncio.to_thread(_registry(request).get, model_id)
     settings: Settings = request.app.state.settings
     return {
         **model.as_dict(),
-        "sha256": sha,
         "memory": estimate(settings, model),
         "loaded": model_id in _scheduler(request).loaded(),
     }

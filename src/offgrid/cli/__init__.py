@@ -40,5 +40,9 @@ def main() -> None:
     except OffGridError as exc:
         err_console.print(f"[red]Error:[/red] {exc.message}", highlight=False)
         sys.exit(1)
+    except OSError as exc:  # a file that vanished or cannot be read: say which, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        err_console.print(f"[red]Error:[/red] {exc.strerror or exc}{where}", highlight=False)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -32,6 +32,7 @@ from offgrid.models.transfer import (
     ReadBack,
     atomic_writer,
     check_free_space,
+    clean_partials,
     copy_hashed,
     hash_file,
 )
@@ -135,6 +136,7 @@ def export_bundle(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadRequestError(f"Cannot create {out}: {exc.strerror}") from exc
+    clean_partials(out)  # left by an export that was interrupted
     todo = {m.id: m for m in models if not _already_there(registry, m, out)}
     need = sum(m.size for m in todo.values())
     check_free_space(out, need, what=f"{len(todo)} model(s)")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from offgrid.errors import BadRequestError, IntegrityError, OffGridError
 from offgrid.models.bundle import safe_file_name
 from offgrid.models.gguf_meta import read_gguf_info
-from offgrid.models.registry import Registry, Report
+from offgrid.models.registry import ModelInfo, Registry, Report
 from offgrid.models.sources import Candidate, Found
 from offgrid.models.transfer import NO_PROGRESS, Progress, clean_partials, copy_hashed, hash_file
 
@@ -39,6 +39,8 @@ def import_found(
         safe_file_name(f"{name.removesuffix('.gguf')}.gguf", "--name")
     registry.models_dir.mkdir(parents=True, exist_ok=True)
     clean_partials(registry.models_dir)
+    for path, why in found.refused:
+        yield Report(path.stem, path, "refused", why)
     for cand in found.candidates:
         file_name = f"{name.removesuffix('.gguf')}.gguf" if name else cand.name
         model_id = file_name[:-5]
@@ -59,9 +61,10 @@ def _import_one(
     read_gguf_info(cand.path)  # a whole, readable GGUF model, or a clear refusal
     listed = registry.list()
     expected, size = cand.expected, cand.path.stat().st_size
-    if expected is None and any(m.size == size for m in listed):
+    hashed = expected is None and any(m.size == size for m in listed)
+    if hashed:
         expected = hash_file(cand.path, progress)  # a likely duplicate: hash it before copying
-    if expected is not None and (dup := _installed(registry, expected, size)) is not None:
+    if expected is not None and (dup := _installed(registry, listed, expected, size)):
         return Report(dup, cand.path, "skipped", f"already installed as {dup}")
     clash = next((m for m in listed if m.id == model_id), None)
     if clash is not None:
@@ -73,7 +76,7 @@ def _import_one(
             "under another name with --name, or remove the other first",
         )
     if link:
-        digest = hash_file(cand.path, progress)
+        digest = expected if hashed and expected else hash_file(cand.path, progress)
         if expected is not None and digest != expected:
             raise IntegrityError(
                 f"{cand.path} is damaged: its sha256 is {digest}, but "
@@ -98,12 +101,12 @@ def _import_one(
     return Report(model_id, cand.path, "imported", _vouched(cand))
 
 
-def _installed(registry: Registry, sha256: str, size: int) -> str | None:
+def _installed(registry: Registry, listed: list[ModelInfo], sha256: str, size: int) -> str | None:
     """The id of an installed model with this hash (hashing same-size models as needed)."""
-    model = registry.find_hash(sha256)
-    if model is not None:
-        return model.id
-    for m in registry.list():
+    for m in listed:
+        if m.sha256 == sha256:
+            return m.id
+    for m in listed:
         if m.sha256 is None and m.size == size:
             try:
                 if registry.hash_of(m) == sha256:

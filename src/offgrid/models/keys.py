@@ -114,6 +114,8 @@ class Keys:
                 f"'{key}' is not an ed25519 public key: copy it whole from `offgrid key` "
                 "on the node that signs"
             ) from exc
+        if "\n" in name or "\r" in name:
+            raise BadRequestError("A key's name must be one line")
         keys = self.trusted() | {key: name}
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         text = "".join(f"{k} {n}\n".replace(" \n", "\n") for k, n in keys.items())
@@ -123,8 +125,10 @@ class Keys:
     def judge(self, signer: str | None, what: str, *, allow_untrusted: bool) -> str:
         """Accept or refuse a bundle by its (already checked) signer; says which."""
         trusted = self.trusted()
-        if signer is not None and (signer in trusted or signer == self.public_key()):
-            return f"signed by {trusted.get(signer) or 'this node'}"
+        if signer is not None and signer == self.public_key():
+            return "signed by this node"
+        if signer is not None and signer in trusted:
+            return f"signed by trusted key {trusted[signer] or signer}"
         who = "unsigned" if signer is None else f"signed by an unknown key {signer}"
         if trusted and not allow_untrusted:
             raise IntegrityError(

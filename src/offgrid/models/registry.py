@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -251,10 +251,6 @@ class Registry:
                 return model
         raise ModelNotFoundError(model_id, [m.id for m in models])
 
-    def find_hash(self, sha256: str) -> ModelInfo | None:
-        """The listed model whose recorded hash is ``sha256``, if any."""
-        return next((m for m in self.list() if m.sha256 == sha256), None)
-
     # -- hashes and origins -----------------------------------------------------------
     def record(
         self,
@@ -263,16 +259,20 @@ class Registry:
         *,
         origin: Mapping[str, Any] | None = None,
         model_id: str | None = None,
+        before: os.stat_result | None = None,
     ) -> None:
         """Remember ``path``'s hash as it is now (and where it came from, and for a
         reference its id).
 
-        A file modified in the last seconds could change again within the same mtime
-        tick unseen (git's "racy clean" case): its stat is not kept, so the next check
-        hashes it rather than trusting the stat.
+        The stat is kept, so that later checks can trust an unchanged file without hashing
+        it, except when it cannot be trusted: a file modified in the last seconds could
+        change again within the same mtime tick unseen (git's "racy clean" case), and one
+        whose stat moved since ``before`` (taken before hashing) changed while hashed.
         """
         st = path.stat()
-        racy = time.time_ns() - st.st_mtime_ns < RACY_NS
+        racy = time.time_ns() - st.st_mtime_ns < RACY_NS or (
+            before is not None and _stamp(before) != _stamp(st)
+        )
         with self._lock:
             db = self._conn()
             db.execute(
@@ -307,22 +307,26 @@ class Registry:
         row = self._recorded(model.path)
         if row is None:
             return model
-        st = model.path.stat()
-        if (st.st_size, st.st_mtime_ns) == (row["sha_size"], row["sha_mtime_ns"]):
+        if _stamp(model.path.stat()) == (row["sha_size"], row["sha_mtime_ns"]):
             return model
-        actual = hash_file(model.path)
+        actual = self._hash(model.path, NO_PROGRESS, record_if=lambda h: h == row["sha256"])
         if actual != row["sha256"]:
             raise IntegrityError(_changed(model, row["sha256"], actual))
-        self.record(model.path, actual)
         return model
 
     def hash_of(self, model: ModelInfo, progress: Progress = NO_PROGRESS) -> str:
         """The model's recorded hash, hashing and recording it first if it has none."""
-        if model.sha256 is None:
-            self.record(model.path, hash_file(model.path, progress))
-        row = self._recorded(model.path)
-        assert row is not None
-        return str(row["sha256"])
+        if model.sha256 is not None:
+            return model.sha256
+        return self._hash(model.path, progress, record_if=lambda _h: True)
+
+    def _hash(self, path: Path, progress: Progress, record_if: Callable[[str], bool]) -> str:
+        """Hash ``path``, recording the result when ``record_if`` accepts it."""
+        before = path.stat()
+        digest = hash_file(path, progress)
+        if record_if(digest):
+            self.record(path, digest, before=before)
+        return digest
 
     def verify(
         self,
@@ -338,44 +342,59 @@ class Registry:
         """
         listed = self.list()
         by_id = {m.id: m for m in listed}
-        unknown = [i for i in ids if i not in by_id and i not in self._missing()]
+        unlisted = self._unlisted({m.path for m in listed})
+        unknown = [i for i in ids if i not in by_id and i not in unlisted]
         if unknown:
             raise ModelNotFoundError(unknown[0], sorted(by_id))
         checks = []
         for model in listed:
             if ids and model.id not in ids:
                 continue
-            actual = hash_file(model.path, progress)
-            if model.sha256 is None or accept:
-                self.record(model.path, actual)
-                note = "hash recorded" if model.sha256 is None else "new hash accepted"
+            recorded = model.sha256
+
+            def keep(digest: str, recorded: str | None = recorded) -> bool:
+                return accept or recorded is None or digest == recorded
+
+            actual = self._hash(model.path, progress, record_if=keep)
+            if recorded is None or accept:
+                note = "hash recorded" if recorded is None else "new hash accepted"
                 checks.append(Report(model.id, model.path, "OK", note))
-            elif actual == model.sha256:
-                self.record(model.path, actual)  # same bytes: trust the new mtime too
+            elif actual == recorded:
                 checks.append(Report(model.id, model.path, "OK"))
             else:
-                checks.append(
-                    Report(model.id, model.path, "CHANGED", _changed(model, model.sha256, actual))
-                )
-        for model_id, path in self._missing().items():
+                changed = _changed(model, recorded, actual)
+                checks.append(Report(model.id, model.path, "CHANGED", changed))
+        for model_id, (path, problem) in unlisted.items():
             if not ids or model_id in ids:
-                forget = f"{path} is gone; `offgrid remove {model_id}` forgets it"
-                checks.append(Report(model_id, path, "MISSING", forget))
+                checks.append(Report(model_id, path, *problem))
         return checks
 
-    def _missing(self) -> dict[str, Path]:
-        """Ids and paths of recorded files that no longer exist."""
+    def _unlisted(self, listed: set[Path]) -> dict[str, tuple[Path, tuple[str, str]]]:
+        """Recorded files that the listing lacks: gone (MISSING), or cut short (CHANGED)."""
+        found = {}
+        for model_id, path, reference in self._recorded_files():
+            if path in listed:
+                continue
+            if not path.exists():
+                forget = f"{path} is gone; `offgrid remove {model_id}` forgets it"
+                found[model_id] = (path, ("MISSING", forget))
+            elif path.parent in self.folders or reference:
+                try:
+                    read_gguf_info(path)
+                except IncompleteGGUFError as exc:
+                    found[model_id] = (path, ("CHANGED", exc.message))
+                except OffGridError:
+                    pass
+        return found
+
+    def _recorded_files(self) -> builtins.list[tuple[str, Path, bool]]:
+        """(id, path, is a reference) of every file with a recorded hash."""
         with self._lock:
-            rows = (
-                self._conn()
-                .execute("SELECT path, model_id FROM files WHERE sha256 IS NOT NULL")
-                .fetchall()
-            )
-        return {
-            r["model_id"] or Path(r["path"]).stem: Path(r["path"])
-            for r in rows
-            if not os.path.exists(r["path"])
-        }
+            rows = self._conn().execute("SELECT path, model_id FROM files WHERE sha256 IS NOT NULL")
+            return [
+                (r["model_id"] or Path(r["path"]).stem, Path(r["path"]), r["model_id"] is not None)
+                for r in rows
+            ]
 
     # -- removal ----------------------------------------------------------------------
     def remove(self, model_id: str) -> str:
@@ -384,10 +403,12 @@ class Registry:
         A reference only forgets the file (it belongs to another tool); a file of an extra
         folder is refused (delete it there). Returns what was done, for the user.
         """
-        missing = self._missing()
-        if model_id in missing:
-            self._forget(missing[model_id])
-            return f"forgot {model_id} (its file {missing[model_id]} was already gone)"
+        gone = {
+            i: p for i, (p, (status, _)) in self._unlisted(set()).items() if status == "MISSING"
+        }
+        if model_id in gone:
+            self._forget(gone[model_id])
+            return f"forgot {model_id} (its file {gone[model_id]} was already gone)"
         model = self.get(model_id)
         if model.reference:
             self._forget(model.path)
@@ -410,6 +431,10 @@ class Registry:
             db = self._conn()
             db.execute("DELETE FROM files WHERE path = ?", (str(path),))
             db.commit()
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
 
 
 def _cached(row: sqlite3.Row) -> tuple[GGUFInfo | None, str | None] | None:

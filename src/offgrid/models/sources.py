@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ __all__ = ["Candidate", "Found", "find_candidates"]
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _OLLAMA_MODEL = "application/vnd.ollama.image.model"
+_OLLAMA_HOST = "registry.ollama.ai"
+_REVISION = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Found:
 
     candidates: list[Candidate] = field(default_factory=list)
     passed_over: list[Path] = field(default_factory=list)  # files that are not .gguf
+    refused: list[tuple[Path, str]] = field(default_factory=list)  # entries that are unsafe
     note: str = ""  # e.g. how a bundle is signed
 
 
@@ -91,11 +94,14 @@ def find_candidates(
             ]
             return Found(found, note=note)
         if (path / "manifests").is_dir() and (path / "blobs").is_dir():
-            return Found(list(_ollama_store(path)))
+            return _nonempty(_ollama_store(path), path)
         if path.name.startswith("models--") or any(path.glob("models--*/snapshots")):
             repos = [path] if path.name.startswith("models--") else sorted(path.glob("models--*"))
-            return Found([c for repo in repos for c in _hf_repo(repo)])
-        return _walk(path)
+            cache = Found()
+            for repo in repos:
+                _hf_repo(repo, cache)
+            return _nonempty(cache, path)
+        return _nonempty(_walk(path), path)
     if ":" in source or _NAME_PART.match(source):
         store = ollama_dir or next((p for p in defaults["ollama"] if p.is_dir()), None)
         if store is not None:
@@ -106,6 +112,12 @@ def find_candidates(
     )
 
 
+def _nonempty(found: Found, source: Path) -> Found:
+    if not found.candidates and not found.refused:
+        raise BadRequestError(f"{source} holds no .gguf model files")
+    return found
+
+
 def _plain(path: Path, kind: str) -> Candidate:
     """A file found on disk, vouched for by a sidecar hash or SHA256SUMS when present."""
     expected, expected_from = _sidecar_hash(path)
@@ -114,7 +126,8 @@ def _plain(path: Path, kind: str) -> Candidate:
 
 
 def _sidecar_hash(path: Path) -> tuple[str | None, str]:
-    for sums in (path.with_name(path.name + ".sha256"), path.with_name("SHA256SUMS")):
+    sidecar = path.with_name(path.name + ".sha256")
+    for sums in (sidecar, path.with_name("SHA256SUMS")):
         try:
             lines = sums.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
@@ -122,7 +135,7 @@ def _sidecar_hash(path: Path) -> tuple[str | None, str]:
         for line in lines:
             digest, _, name = line.strip().partition(" ")
             name = name.strip().lstrip("*")
-            if _SHA256.match(digest) and name in ("", path.name):
+            if _SHA256.match(digest) and (name == path.name or (not name and sums == sidecar)):
                 return digest.lower(), str(sums)
     return None, ""
 
@@ -141,26 +154,34 @@ def _walk(folder: Path) -> Found:
                 found.passed_over.append(path)
             else:
                 found.candidates.append(_plain(path, kind))
-    if not found.candidates:
-        raise BadRequestError(f"{folder} holds no .gguf model files")
     return found
 
 
-def _ollama_store(store: Path) -> Iterator[Candidate]:
-    """Every model of an Ollama store, by the names its manifests give."""
+def _ollama_store(store: Path) -> Found:
+    """Every model of an Ollama store, by the names its manifests give; a manifest that
+    cannot be used is refused alone."""
+    found = Found()
     root = store / "manifests"
     for manifest in sorted(p for p in root.rglob("*") if p.is_file()):
         parts = manifest.relative_to(root).parts  # host / namespace / model / tag
-        if len(parts) == 4:
-            ns = "" if parts[1] == "library" else f"{parts[1]}/"
-            yield _ollama_model(store, f"{ns}{parts[2]}:{parts[3]}")
+        if len(parts) != 4:
+            continue
+        host, ns, model, tag = parts
+        prefix = "" if ns == "library" else f"{ns}/"
+        if host != _OLLAMA_HOST:
+            prefix = f"{host}/{ns}/"
+        try:
+            found.candidates.append(_ollama_model(store, f"{prefix}{model}:{tag}"))
+        except BadRequestError as exc:
+            found.refused.append((manifest, exc.message))
+    return found
 
 
 def _ollama_model(store: Path, name: str) -> Candidate:
     """The GGUF blob an Ollama model name points to, vouched for by its digest."""
     ref, _, tag = name.partition(":")
     parts = ref.split("/")
-    host, ns = "registry.ollama.ai", "library"
+    host, ns = _OLLAMA_HOST, "library"
     if len(parts) == 2:
         ns = parts[0]
     elif len(parts) >= 3:
@@ -191,20 +212,21 @@ def _ollama_model(store: Path, name: str) -> Candidate:
     )
 
 
-def _hf_repo(repo: Path) -> list[Candidate]:
+def _hf_repo(repo: Path, found: Found) -> None:
     """The GGUF files of one repository in a HuggingFace cache (its ``main`` revision when
-    known). The cache names each blob by its sha256, which vouches for it."""
+    known). The cache names each blob by its sha256, which vouches for it; a link that
+    leads out of the repository's folder is refused."""
     repo_name = repo.name.removeprefix("models--").replace("--", "/")
     snapshots = repo / "snapshots"
     ref = repo / "refs" / "main"
-    revisions = [ref.read_text().strip()] if ref.is_file() else []
-    folders = [snapshots / r for r in revisions if (snapshots / r).is_dir()]
-    out = []
+    main = ref.read_text().strip() if ref.is_file() else ""
+    folders = [snapshots / main] if _REVISION.match(main) and (snapshots / main).is_dir() else []
     for snap in folders or sorted(p for p in snapshots.glob("*") if p.is_dir()):
         for path in sorted(snap.rglob("*.gguf")):
             blob = path.resolve()
-            if not blob.is_relative_to(repo.resolve()):
-                raise BadRequestError(f"{path} points outside its cache folder: refused")
+            if not blob.is_relative_to(repo.resolve()) or not blob.is_file():
+                found.refused.append((path, f"{path} points outside its cache folder"))
+                continue
             origin = {
                 "kind": "hf-cache",
                 "repo": repo_name,
@@ -212,9 +234,5 @@ def _hf_repo(repo: Path) -> list[Candidate]:
                 "file": str(path.relative_to(snap)),
             }
             expected = blob.name.lower() if _SHA256.match(blob.name) else None
-            out.append(
-                Candidate(
-                    path, path.name, origin, expected, "the HuggingFace cache" if expected else ""
-                )
-            )
-    return out
+            vouch = "the HuggingFace cache" if expected else ""
+            found.candidates.append(Candidate(blob, path.name, origin, expected, vouch))

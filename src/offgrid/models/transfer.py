@@ -14,6 +14,7 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from typing import IO, BinaryIO, Literal, Protocol
 import psutil
 
 from offgrid.config import human_size
-from offgrid.errors import IntegrityError, StorageError
+from offgrid.errors import BadRequestError, IntegrityError, StorageError
 
 __all__ = [
     "CHUNK",
@@ -41,7 +42,7 @@ __all__ = [
 
 CHUNK = 8 * 1024 * 1024
 ReadBack = Literal["none", "sample", "all"]
-_PARTIAL = re.compile(r"^\..+\.(\d+)\.partial$")
+_PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.partial$")  # .NAME.PID.TOKEN.partial
 
 
 class Progress(Protocol):
@@ -100,7 +101,7 @@ def copy_hashed(
     """
     size = src.stat().st_size
     check_free_space(dest.parent, size, what=dest.name)
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.partial"
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
     progress.start(src.name, size)
     try:
         with (
@@ -112,8 +113,8 @@ def copy_hashed(
             os.fsync(fout.fileno())
             if read_back == "sample" and not _same_samples(fin.fileno(), fout.fileno(), size):
                 back = ""
-        src_stat = src.stat()  # keep the source's times, as `cp -p` does: a later change
-        os.utime(tmp, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))  # shows in the mtime
+            src_stat = os.fstat(fin.fileno())  # keep the source's times, as `cp -p` does:
+            os.utime(tmp, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))  # a change shows
         if expected is not None and actual != expected.lower():
             raise IntegrityError(
                 f"{src} is damaged: its sha256 is {actual}, but "
@@ -129,11 +130,28 @@ def copy_hashed(
             if overwrite:
                 os.replace(tmp, dest)
             else:
-                os.link(tmp, dest)  # fails if dest exists: never overwrite by accident
+                _publish_new(tmp, dest)
             fsync_dir(dest.parent)
         return actual
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _publish_new(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` to ``dest`` unless ``dest`` exists (FileExistsError): a hard link does
+    it atomically; where links are not supported (FAT, exFAT, some shares) ``dest`` is
+    claimed with O_EXCL first and then replaced."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        os.replace(tmp, dest)
+    else:
+        tmp.unlink()
 
 
 def _pipelined_copy(
@@ -151,7 +169,7 @@ def _pipelined_copy(
     checking: collections.deque[Future[None]] = collections.deque()
     with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as checker:
         offset = 0
-        while chunk := fin.read(CHUNK):
+        while chunk := _read(fin):
             hashing.append(hasher.submit(digest.update, chunk))
             view = memoryview(chunk)
             while view:
@@ -170,6 +188,17 @@ def _pipelined_copy(
 
 
 _IN_FLIGHT = 4
+
+
+def _read(fin: BinaryIO) -> bytes:
+    """The next chunk of a source; a failing source (a stick pulled out) is named as such,
+    not taken for a problem of the destination."""
+    try:
+        return fin.read(CHUNK)
+    except OSError as exc:
+        raise BadRequestError(f"Cannot read {fin.name}: {exc.strerror}") from exc
+
+
 _SAMPLES, _SAMPLE_BYTES = 32, 1 << 20
 
 
