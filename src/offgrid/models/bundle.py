@@ -16,7 +16,6 @@ files are copied.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from offgrid.models.keys import Keys, signature_key
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.models.transfer import (
     NO_PROGRESS,
+    SHA256_HEX,
     Progress,
     ReadBack,
     atomic_writer,
@@ -40,7 +40,6 @@ from offgrid.models.transfer import (
 __all__ = ["BUNDLE_DIR", "BundleEntry", "export_bundle", "find_manifest", "read_bundle"]
 
 BUNDLE_DIR = "offgrid-models"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _META_KEYS = ("architecture", "name", "parameters", "quantization", "context_length")
 
 
@@ -100,7 +99,7 @@ def read_bundle(
             raise BadRequestError(f"{what} has a model entry that is not an object")
         name = safe_file_name(item.get("file_name"), what)
         sha = str(item.get("sha256", "")).lower()
-        if not _SHA256.match(sha):
+        if not SHA256_HEX.match(sha):
             raise BadRequestError(f"{what} gives {name} no valid sha256")
         path = folder / name
         if path.is_symlink():
@@ -187,14 +186,14 @@ def _already_there(registry: Registry, model: ModelInfo, out: Path) -> bool:
 
 
 def _entry(model: ModelInfo, file_name: str, sha256: str) -> dict[str, Any]:
-    gguf = model.gguf.as_dict() if model.gguf else {}
+    shown = model.as_dict()
     return {
         "file_name": file_name,
         "model_id": model.id,
-        "quantization": gguf.get("quantization", ""),
+        "quantization": shown["quantization"],
         "size": model.size,
         "sha256": sha256,
-        "gguf": {k: gguf[k] for k in _META_KEYS if k in gguf},
+        "gguf": {k: shown[k] for k in _META_KEYS},
     }
 
 

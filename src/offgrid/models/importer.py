@@ -16,7 +16,14 @@ from offgrid.models.bundle import safe_file_name
 from offgrid.models.gguf_meta import read_gguf_info
 from offgrid.models.registry import ModelInfo, Registry, Report
 from offgrid.models.sources import Candidate, Found
-from offgrid.models.transfer import NO_PROGRESS, Progress, clean_partials, copy_hashed, hash_file
+from offgrid.models.transfer import (
+    NO_PROGRESS,
+    Progress,
+    clean_partials,
+    copy_hashed,
+    damaged,
+    hash_file,
+)
 
 __all__ = ["import_found"]
 
@@ -33,16 +40,17 @@ def import_found(
 
     A full disk stops the import (StorageError); other problems refuse one file and go on.
     """
-    if name is not None:
+    renamed = f"{name.removesuffix('.gguf')}.gguf" if name is not None else None
+    if renamed is not None:
         if len(found.candidates) != 1:
             raise BadRequestError("--name needs a source that holds exactly one model")
-        safe_file_name(f"{name.removesuffix('.gguf')}.gguf", "--name")
+        safe_file_name(renamed, "--name")
     registry.models_dir.mkdir(parents=True, exist_ok=True)
     clean_partials(registry.models_dir)
     for path, why in found.refused:
         yield Report(path.stem, path, "refused", why)
     for cand in found.candidates:
-        file_name = f"{name.removesuffix('.gguf')}.gguf" if name else cand.name
+        file_name = renamed or cand.name
         model_id = file_name[:-5]
         try:
             yield _import_one(registry, cand, file_name, model_id, link, progress)
@@ -78,10 +86,7 @@ def _import_one(
     if link:
         digest = expected if hashed and expected else hash_file(cand.path, progress)
         if expected is not None and digest != expected:
-            raise IntegrityError(
-                f"{cand.path} is damaged: its sha256 is {digest}, but "
-                f"{cand.expected_from or 'its source'} says {expected}"
-            )
+            raise damaged(cand.path, digest, expected, cand.expected_from or "its source")
         origin = {**cand.origin, "reference": True}
         registry.record(cand.path, digest, origin=origin, model_id=model_id)
         return Report(model_id, cand.path, "linked", _vouched(cand))

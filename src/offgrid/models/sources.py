@@ -21,10 +21,10 @@ from typing import Any
 from offgrid.errors import BadRequestError
 from offgrid.models.bundle import find_manifest, read_bundle, safe_file_name
 from offgrid.models.keys import Keys
+from offgrid.models.transfer import SHA256_HEX
 
 __all__ = ["Candidate", "Found", "find_candidates"]
 
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _OLLAMA_MODEL = "application/vnd.ollama.image.model"
 _OLLAMA_HOST = "registry.ollama.ai"
@@ -135,7 +135,7 @@ def _sidecar_hash(path: Path) -> tuple[str | None, str]:
         for line in lines:
             digest, _, name = line.strip().partition(" ")
             name = name.strip().lstrip("*")
-            if _SHA256.match(digest) and (name == path.name or (not name and sums == sidecar)):
+            if SHA256_HEX.match(digest) and (name == path.name or (not name and sums == sidecar)):
                 return digest.lower(), str(sums)
     return None, ""
 
@@ -198,7 +198,7 @@ def _ollama_model(store: Path, name: str) -> Candidate:
     except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
         raise BadRequestError(f"{manifest} is not a readable Ollama manifest: {exc}") from exc
     algo, _, hex_digest = str(digest).partition(":")
-    if algo != "sha256" or not _SHA256.match(hex_digest):
+    if algo != "sha256" or not SHA256_HEX.match(hex_digest):
         raise BadRequestError(f"{manifest} gives the model layer an unknown digest {digest!r}")
     model_id = model if tag == "latest" else f"{model}-{tag}"
     origin = {"kind": "ollama", "name": f"{ref}:{tag}", "source": str(store)}
@@ -233,6 +233,6 @@ def _hf_repo(repo: Path, found: Found) -> None:
                 "revision": snap.name,
                 "file": str(path.relative_to(snap)),
             }
-            expected = blob.name.lower() if _SHA256.match(blob.name) else None
+            expected = blob.name.lower() if SHA256_HEX.match(blob.name) else None
             vouch = "the HuggingFace cache" if expected else ""
             found.candidates.append(Candidate(blob, path.name, origin, expected, vouch))

@@ -30,17 +30,20 @@ from offgrid.errors import BadRequestError, IntegrityError, StorageError
 __all__ = [
     "CHUNK",
     "NO_PROGRESS",
+    "SHA256_HEX",
     "Progress",
     "ReadBack",
     "atomic_writer",
     "check_free_space",
     "clean_partials",
     "copy_hashed",
+    "damaged",
     "fsync_dir",
     "hash_file",
 ]
 
 CHUNK = 8 * 1024 * 1024
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 ReadBack = Literal["none", "sample", "all"]
 _PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.partial$")  # .NAME.PID.TOKEN.partial
 
@@ -116,11 +119,7 @@ def copy_hashed(
             src_stat = os.fstat(fin.fileno())  # keep the source's times, as `cp -p` does:
             os.utime(tmp, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))  # a change shows
         if expected is not None and actual != expected.lower():
-            raise IntegrityError(
-                f"{src} is damaged: its sha256 is {actual}, but "
-                f"{expected_from or 'the recorded hash'} says {expected}. It was not copied; "
-                "get a good copy of it and try again."
-            )
+            raise damaged(src, actual, expected, expected_from or "the recorded hash")
         if back is not None and back != actual:
             raise IntegrityError(
                 f"The copy of {src.name} in {dest.parent} does not read back as it was "
@@ -135,6 +134,14 @@ def copy_hashed(
         return actual
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def damaged(src: Path, actual: str, expected: str, expected_from: str) -> IntegrityError:
+    """The error for a file whose bytes are not those vouched for."""
+    return IntegrityError(
+        f"{src} is damaged: its sha256 is {actual}, but {expected_from} says {expected}. "
+        "It was not taken; get a good copy of it and try again."
+    )
 
 
 def _publish_new(tmp: Path, dest: Path) -> None:
