@@ -4,7 +4,8 @@
     ├── ConfigError                  500 server_error      (bad settings or config file)
     ├── BadRequestError              400 invalid_request_error
     │   └── PayloadTooLargeError     413 invalid_request_error
-    ├── ModelNotFoundError           404 invalid_request_error / model_not_found
+    ├── NotFoundError                404 invalid_request_error / not_found
+    │   └── ModelNotFoundError       404 invalid_request_error / model_not_found
     ├── IntegrityError               409 invalid_request_error / integrity_check_failed
     │                                    (a file's sha256 differs from what it must be)
     ├── ConflictError                409 invalid_request_error (name clash, model in use)
@@ -13,6 +14,7 @@
     │   └── EngineUnavailableError   503 server_error      (engine missing, crashed, or loading)
     │       └── InsufficientMemoryError  (the model cannot fit even alone)
     ├── StorageError                 507 server_error      (disk full, unwritable folder)
+    ├── UnreachableError             503 server_error      (the Hub cannot be reached: offline)
     └── SetupError                   500 server_error      (engine build, model fetch)
 
 Each class carries its HTTP status and OpenAI error type; the API maps the base class
@@ -35,11 +37,13 @@ __all__ = [
     "InsufficientMemoryError",
     "IntegrityError",
     "ModelNotFoundError",
+    "NotFoundError",
     "OffGridError",
     "OverloadedError",
     "PayloadTooLargeError",
     "SetupError",
     "StorageError",
+    "UnreachableError",
 ]
 
 
@@ -80,9 +84,16 @@ class PayloadTooLargeError(BadRequestError):
     code = "request_too_large"
 
 
-class ModelNotFoundError(OffGridError):
+class NotFoundError(OffGridError):
+    """What was asked for does not exist: a repository or file on the Hub, a catalog
+    entry, a pull."""
+
     status = 404
     type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
     def __init__(self, model: str, available: list[str] | None = None) -> None:
@@ -116,6 +127,14 @@ class StorageError(OffGridError):
     """A folder cannot take a file: no space left, read-only, or unwritable."""
 
     status = 507
+
+
+class UnreachableError(OffGridError):
+    """A remote service (the HuggingFace Hub) cannot be reached or failed: the box may be
+    offline."""
+
+    status = 503
+    code = "unreachable"
 
 
 class EngineError(OffGridError):

@@ -33,7 +33,7 @@ from offgrid.engine.process import Engine, EngineOptions
 from offgrid.errors import OffGridError
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.models.watcher import watch_folders
-from offgrid.placement import Memory, Placement, footprint, place
+from offgrid.placement import Footprint, Memory, Placement, footprint, place
 from offgrid.resources import available_memory, gpu_free_memory, gpus
 from offgrid.scheduler import Policy, Scheduler
 
@@ -93,15 +93,20 @@ def manages_gpu(settings: Settings) -> bool:
 def plan_placement(settings: Settings, gpu: bool, model: ModelInfo, budget: Memory) -> Placement:
     """Where ``model`` runs within ``budget``, with its settings (``placement.place``)."""
     options = engine_options(settings, model.id)
-    fp = footprint(model.size, model.gguf, context=options.context, parallel=options.parallel)
-    return place(fp, budget, gpu=gpu, requested=options.gpu_layers)
+    return place(_footprint(options, model), budget, gpu=gpu, requested=options.gpu_layers)
+
+
+def _footprint(options: EngineOptions, model: ModelInfo) -> Footprint:
+    """The model's footprint with its engine options. The header of a split model's first
+    part describes that part's tensors only: such a model is sized by its files."""
+    gguf = None if model.more_parts else model.gguf
+    return footprint(model.size, gguf, context=options.context, parallel=options.parallel)
 
 
 def estimate(settings: Settings, model: ModelInfo) -> dict[str, int]:
     """The memory ``model`` needs with its settings: on the CPU, and with every layer on a
     GPU (for ``offgrid show`` and the dashboard)."""
-    options = engine_options(settings, model.id)
-    fp = footprint(model.size, model.gguf, context=options.context, parallel=options.parallel)
+    fp = _footprint(engine_options(settings, model.id), model)
     gpu = fp.need(fp.max_gpu_layers)
     return {"cpu_ram_bytes": fp.need(0).ram, "gpu_ram_bytes": gpu.ram, "gpu_vram_bytes": gpu.vram}
 

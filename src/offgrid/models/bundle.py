@@ -71,8 +71,7 @@ def safe_file_name(name: object, where: str) -> str:
         or any(c in name for c in "/\\\0")
     ):
         raise BadRequestError(
-            f"{where} names the file {name!r}, which is not a plain .gguf file name; "
-            "the bundle is refused"
+            f"{where} names the file {name!r}, which is not a plain .gguf file name; it was refused"
         )
     return name
 
@@ -130,6 +129,11 @@ def export_bundle(
     for m in models:
         if m.gguf is None:
             raise BadRequestError(f"{m.id} cannot be exported: {m.error}")
+        if m.more_parts:
+            raise BadRequestError(
+                f"{m.id} is split in {len(m.files)} parts, which bundles do not carry yet: "
+                f"copy its files ({m.path.name} and the rest) with the stick's own tools."
+            )
     out = dest / BUNDLE_DIR
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -14,16 +14,20 @@ by path:
   moved since; a hash that then differs refuses the load (IntegrityError);
 - where it came from (a file, an Ollama store, a hub repo, a bundle).
 
-A file that ends before its GGUF header says it should (still being copied in) is not
-listed until it is whole. Ids never become paths: a model is found by id only through the
-listing, so no id reaches outside the folders.
+A model split in parts (``NAME-00001-of-00003.gguf`` …, as the Hub serves large ones) is
+one model, ``NAME``, listed once every part is there; the engine opens the first part and
+finds the others beside it. A file that ends before its GGUF header says it should (still
+being copied in) is not listed until it is whole. Ids never become paths: a model is
+found by id only through the listing, so no id reaches outside the folders.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -45,9 +49,18 @@ from offgrid.models.transfer import NO_PROGRESS, Progress, hash_file
 if TYPE_CHECKING:
     from offgrid.config import Settings
 
-__all__ = ["ModelInfo", "Registry", "Report"]
+__all__ = ["ModelInfo", "Registry", "Report", "split_name"]
 
 RACY_NS = 2_000_000_000  # mtime ticks are coarse (jiffies, FAT's 2 s): younger is not trusted
+_SPLIT = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.gguf$")
+
+
+def split_name(file_name: str) -> tuple[str, int, int] | None:
+    """(name, part, parts) of a split GGUF file name (``m-00002-of-00003.gguf`` →
+    ``("m", 2, 3)``), or None for a whole file."""
+    m = _SPLIT.match(file_name)
+    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -85,6 +98,12 @@ class ModelInfo:
     sha256: str | None = None  # as recorded at import or first verification
     origin: Mapping[str, Any] = field(default_factory=dict, compare=False)
     owned: bool = True  # in the models folder: removing the model deletes the file
+    more_parts: tuple[Path, ...] = ()  # a split model's parts after the first (``path``)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file of the model: one, or each part of a split model."""
+        return (self.path, *self.more_parts)
 
     @property
     def reference(self) -> bool:
@@ -102,6 +121,7 @@ class ModelInfo:
             "sha256": self.sha256,
             "origin": dict(self.origin),
             "owned": self.owned,
+            "parts": len(self.files),
             "error": self.error,
             "architecture": g.architecture if g else None,
             "name": g.name if g else None,
@@ -171,40 +191,53 @@ class Registry:
             rows = {r["path"]: r for r in db.execute("SELECT * FROM files")}
             found: dict[str, ModelInfo] = {}
             writes: builtins.list[tuple[object, ...]] = []
-            for model_id, path, st, owned in self._candidates(rows):
+            for model_id, path, st, owned, more in self._candidates(rows):
                 if model_id not in found:
                     info = self._describe(model_id, path, st, rows.get(str(path)), owned, writes)
                     if info is not None:
-                        found[model_id] = info
+                        found[model_id] = _with_parts(info, more)
             if writes:
                 db.executemany(_UPSERT_META, writes)
                 db.commit()
         return sorted(found.values(), key=lambda m: m.id)
 
-    def _candidates(
-        self, rows: Mapping[str, sqlite3.Row]
-    ) -> builtins.list[tuple[str, Path, os.stat_result, bool]]:
-        """(id, path, stat, owned) of each file the folders and references hold."""
-        out = []
+    def _candidates(self, rows: Mapping[str, sqlite3.Row]) -> builtins.list[_Candidate]:
+        """(id, path, stat, owned, further parts) of each model the folders and references
+        hold."""
+        out: builtins.list[_Candidate] = []
         for folder in self.folders:
             owned = folder == self.models_dir
             try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+                entries = {e.name: e for e in os.scandir(folder) if e.name.endswith(".gguf")}
             except OSError:
                 continue  # a folder not there (yet): an unmounted stick
-            for entry in entries:
-                if entry.name.endswith(".gguf") and not entry.name.startswith("."):
-                    try:
-                        if entry.is_file():
-                            out.append((entry.name[:-5], Path(entry.path), entry.stat(), owned))
-                    except OSError:
-                        continue  # vanished between listing and stat
+            for name, entry in sorted(entries.items()):
+                split = split_name(name)
+                if name.startswith(".") or (split and split[1] != 1):
+                    continue  # hidden (a copy in progress), or a later part of a split model
+                more = (
+                    tuple(
+                        Path(folder, f"{split[0]}-{i:05d}-of-{split[2]:05d}.gguf")
+                        for i in range(2, split[2] + 1)
+                    )
+                    if split
+                    else ()
+                )
+                if any(p.name not in entries for p in more):
+                    continue  # a split model with parts missing: not loadable (yet)
+                try:
+                    if entry.is_file():
+                        model_id = split[0] if split else name[:-5]
+                        out.append((model_id, Path(entry.path), entry.stat(), owned, more))
+                except OSError:
+                    continue  # vanished between listing and stat
         for row in rows.values():
             if row["model_id"] is not None:
                 try:
-                    out.append((row["model_id"], Path(row["path"]), os.stat(row["path"]), False))
+                    st = os.stat(row["path"])
                 except OSError:
                     continue
+                out.append((row["model_id"], Path(row["path"]), st, False, ()))
         return out
 
     def _describe(
@@ -297,21 +330,29 @@ class Registry:
             )
             return row
 
+    def vouched(self, path: Path) -> str | None:
+        """The recorded hash of ``path`` if its size and mtime are still those recorded."""
+        row = self._recorded(path)
+        if row is None or _stamp(path.stat()) != (row["sha_size"], row["sha_mtime_ns"]):
+            return None
+        recorded: str = row["sha256"]
+        return recorded
+
     def checked(self, model_id: str) -> ModelInfo:
-        """The model, once it is sure its file is the one recorded: for loading.
+        """The model, once it is sure its files are those recorded: for loading.
 
         A file whose size and mtime are those recorded is trusted as is; otherwise it is
         hashed again, and a different hash raises IntegrityError with what to do.
         """
         model = self.get(model_id)
-        row = self._recorded(model.path)
-        if row is None:
-            return model
-        if _stamp(model.path.stat()) == (row["sha_size"], row["sha_mtime_ns"]):
-            return model
-        actual = self._hash(model.path, NO_PROGRESS, record_if=lambda h: h == row["sha256"])
-        if actual != row["sha256"]:
-            raise IntegrityError(_changed(model, row["sha256"], actual))
+        for path in model.files:
+            row = self._recorded(path)
+            if row is None or self.vouched(path) is not None:
+                continue
+            recorded: str = row["sha256"]
+            actual = self._hash(path, NO_PROGRESS, record_if=recorded.__eq__)
+            if actual != recorded:
+                raise IntegrityError(_changed(model, recorded, actual, path))
         return model
 
     def hash_of(self, model: ModelInfo, progress: Progress = NO_PROGRESS) -> str:
@@ -342,32 +383,36 @@ class Registry:
         """
         listed = self.list()
         by_id = {m.id: m for m in listed}
-        unlisted = self._unlisted({m.path for m in listed})
+        unlisted = self._unlisted({p for m in listed for p in m.files})
         unknown = [i for i in ids if i not in by_id and i not in unlisted]
         if unknown:
             raise ModelNotFoundError(unknown[0], sorted(by_id))
-        checks = []
-        for model in listed:
-            if ids and model.id not in ids:
-                continue
-            recorded = model.sha256
-
-            def keep(digest: str, recorded: str | None = recorded) -> bool:
-                return accept or recorded is None or digest == recorded
-
-            actual = self._hash(model.path, progress, record_if=keep)
-            if recorded is None or accept:
-                note = "hash recorded" if recorded is None else "new hash accepted"
-                checks.append(Report(model.id, model.path, "OK", note))
-            elif actual == recorded:
-                checks.append(Report(model.id, model.path, "OK"))
-            else:
-                changed = _changed(model, recorded, actual)
-                checks.append(Report(model.id, model.path, "CHANGED", changed))
+        checks = [
+            self._verify_one(model, accept, progress)
+            for model in listed
+            if not ids or model.id in ids
+        ]
         for model_id, (path, problem) in unlisted.items():
             if not ids or model_id in ids:
                 checks.append(Report(model_id, path, *problem))
         return checks
+
+    def _verify_one(self, model: ModelInfo, accept: bool, progress: Progress) -> Report:
+        """Hash each file of ``model`` and compare (or record, or accept) as ``verify`` says."""
+        note = ""
+        for path in model.files:
+            row = self._recorded(path)
+            recorded: str | None = row["sha256"] if row is not None else None
+
+            def keep(digest: str, recorded: str | None = recorded) -> bool:
+                return accept or recorded is None or digest == recorded
+
+            actual = self._hash(path, progress, record_if=keep)
+            if recorded is None or accept:
+                note = "hash recorded" if recorded is None else "new hash accepted"
+            elif actual != recorded:
+                return Report(model.id, path, "CHANGED", _changed(model, recorded, actual, path))
+        return Report(model.id, model.path, "OK", note)
 
     def _unlisted(self, listed: set[Path]) -> dict[str, tuple[Path, tuple[str, str]]]:
         """Recorded files that the listing lacks: gone (MISSING), or cut short (CHANGED)."""
@@ -392,7 +437,11 @@ class Registry:
         with self._lock:
             rows = self._conn().execute("SELECT path, model_id FROM files WHERE sha256 IS NOT NULL")
             return [
-                (r["model_id"] or Path(r["path"]).stem, Path(r["path"]), r["model_id"] is not None)
+                (
+                    r["model_id"] or _id_of(Path(r["path"])),
+                    Path(r["path"]),
+                    r["model_id"] is not None,
+                )
                 for r in rows
             ]
 
@@ -418,12 +467,14 @@ class Registry:
                 f"{model_id} lives in {model.path.parent}, a folder OffGrid reads but does not "
                 "own. Delete the file there, or take the folder out of OFFGRID_EXTRA_MODEL_DIRS."
             )
-        try:
-            model.path.unlink()
-        except OSError as exc:
-            raise StorageError(f"Cannot delete {model.path}: {exc.strerror}") from exc
-        self._forget(model.path)
-        return f"deleted {model.path}"
+        for path in model.files:
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise StorageError(f"Cannot delete {path}: {exc.strerror}") from exc
+            self._forget(path)
+        more = f" and its {len(model.more_parts)} other parts" if model.more_parts else ""
+        return f"deleted {model.path}{more}"
 
     def _forget(self, path: Path) -> None:
         with self._lock:
@@ -431,6 +482,23 @@ class Registry:
             db = self._conn()
             db.execute("DELETE FROM files WHERE path = ?", (str(path),))
             db.commit()
+
+
+_Candidate = tuple[str, Path, os.stat_result, bool, tuple[Path, ...]]
+
+
+def _with_parts(model: ModelInfo, more: tuple[Path, ...]) -> ModelInfo:
+    """A split model's info: its size is that of all its parts."""
+    if not more:
+        return model
+    size = model.size + sum(p.stat().st_size for p in more)
+    return dataclasses.replace(model, size=size, more_parts=more)
+
+
+def _id_of(path: Path) -> str:
+    """The id a file in a model folder gives its model."""
+    split = split_name(path.name)
+    return split[0] if split else path.stem
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int]:
@@ -449,10 +517,10 @@ def _cached(row: sqlite3.Row) -> tuple[GGUFInfo | None, str | None] | None:
         return None  # written by another version: read the file again
 
 
-def _changed(model: ModelInfo, recorded: str, actual: str) -> str:
+def _changed(model: ModelInfo, recorded: str, actual: str, path: Path | None = None) -> str:
     return (
-        f"The file of model '{model.id}' ({model.path}) changed since its hash was recorded "
-        f"(sha256 {recorded[:16]}… then, {actual[:16]}… now), so OffGrid will not use it. "
+        f"The file of model '{model.id}' ({path or model.path}) changed since its hash was "
+        f"recorded (sha256 {recorded[:16]}… then, {actual[:16]}… now), so OffGrid will not use it. "
         "Import it again from a good copy; if you changed it on purpose, run "
         f"`offgrid verify --accept {model.id}`."
     )

@@ -17,7 +17,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, BinaryIO, Literal, Protocol
@@ -40,6 +40,8 @@ __all__ = [
     "damaged",
     "fsync_dir",
     "hash_file",
+    "publish_new",
+    "write_hashed",
 ]
 
 CHUNK = 8 * 1024 * 1024
@@ -112,7 +114,10 @@ def copy_hashed(
             src.open("rb", buffering=0) as fin,
             tmp.open("w+b", buffering=0) as fout,
         ):
-            actual, back = _pipelined_copy(fin, fout.fileno(), read_back == "all", progress)
+            digest, back_digest = hashlib.sha256(), hashlib.sha256()
+            checked = back_digest if read_back == "all" else None
+            write_hashed(_chunks(fin), fout.fileno(), digest, read_back=checked, progress=progress)
+            actual, back = digest.hexdigest(), checked.hexdigest() if checked else None
             os.fsync(fout.fileno())
             if read_back == "sample" and not _same_samples(fin.fileno(), fout.fileno(), size):
                 back = ""
@@ -129,7 +134,7 @@ def copy_hashed(
             if overwrite:
                 os.replace(tmp, dest)
             else:
-                _publish_new(tmp, dest)
+                publish_new(tmp, dest)
             fsync_dir(dest.parent)
         return actual
     finally:
@@ -144,7 +149,7 @@ def damaged(src: Path, actual: str, expected: str, expected_from: str) -> Integr
     )
 
 
-def _publish_new(tmp: Path, dest: Path) -> None:
+def publish_new(tmp: Path, dest: Path) -> None:
     """Rename ``tmp`` to ``dest`` unless ``dest`` exists (FileExistsError): a hard link does
     it atomically; where links are not supported (FAT, exFAT, some shares) ``dest`` is
     claimed with O_EXCL first and then replaced."""
@@ -161,29 +166,33 @@ def _publish_new(tmp: Path, dest: Path) -> None:
         tmp.unlink()
 
 
-def _pipelined_copy(
-    fin: BinaryIO, out: int, read_back: bool, progress: Progress
-) -> tuple[str, str | None]:
-    """Read ``fin`` once and write it to ``out`` while one thread hashes what was read
-    and another flushes what was written to the disk (and with ``read_back`` reads it
-    back from there and hashes that).
+def write_hashed(
+    chunks: Iterable[bytes],
+    out: int,
+    digest: hashlib._Hash,
+    *,
+    read_back: hashlib._Hash | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> int:
+    """Append ``chunks`` to the file ``out`` while one thread hashes them into ``digest``
+    and another flushes what was written to the disk (and given ``read_back`` reads it
+    back from there and hashes that). Returns the bytes written.
 
-    hashlib and file I/O release the GIL, so the copy takes about as long as its slowest
-    part instead of the sum of all (docs/decisions.md). Returns (sha256, read-back sha256).
+    hashlib and file I/O release the GIL, so this takes about as long as its slowest part
+    instead of the sum of all (docs/decisions.md). If ``chunks`` fails (a source pulled
+    out, a connection lost), what was written before is also hashed: ``digest`` always
+    matches what ``out`` holds.
     """
-    digest, back = hashlib.sha256(), hashlib.sha256()
     hashing: collections.deque[Future[None]] = collections.deque()
     checking: collections.deque[Future[None]] = collections.deque()
+    offset = written = os.lseek(out, 0, os.SEEK_END)
     with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as checker:
-        offset = 0
-        while chunk := _read(fin):
+        for chunk in chunks:
             hashing.append(hasher.submit(digest.update, chunk))
             view = memoryview(chunk)
             while view:
                 view = view[os.write(out, view) :]
-            checking.append(
-                checker.submit(_settle, out, offset, len(chunk), back if read_back else None)
-            )
+            checking.append(checker.submit(_settle, out, offset, len(chunk), read_back))
             offset += len(chunk)
             progress.advance(len(chunk))
             for queue in (hashing, checking):
@@ -191,19 +200,23 @@ def _pipelined_copy(
                     queue.popleft().result()
         for future in (*hashing, *checking):
             future.result()
-    return digest.hexdigest(), back.hexdigest() if read_back else None
+    return offset - written
 
 
 _IN_FLIGHT = 4
 
 
-def _read(fin: BinaryIO) -> bytes:
-    """The next chunk of a source; a failing source (a stick pulled out) is named as such,
-    not taken for a problem of the destination."""
-    try:
-        return fin.read(CHUNK)
-    except OSError as exc:
-        raise BadRequestError(f"Cannot read {fin.name}: {exc.strerror}") from exc
+def _chunks(fin: BinaryIO) -> Iterator[bytes]:
+    """The chunks of a source file; a failing source (a stick pulled out) is named as
+    such, not taken for a problem of the destination."""
+    while True:
+        try:
+            chunk = fin.read(CHUNK)
+        except OSError as exc:
+            raise BadRequestError(f"Cannot read {fin.name}: {exc.strerror}") from exc
+        if not chunk:
+            return
+        yield chunk
 
 
 _SAMPLES, _SAMPLE_BYTES = 32, 1 << 20

@@ -1,0 +1,249 @@
+"""Asking the HuggingFace Hub what it has: GGUF repositories, their files, sizes and hashes.
+
+The calls go through ``huggingface_hub`` (its session, headers, token lookup and errors),
+to ``HF_ENDPOINT`` when set (a mirror, or the tests' local hub), through the usual proxy
+variables. Each call is one request with a deadline, not the library's paginated search
+with its five silent retries, so a box with no network hears so at once, in one line.
+A token for gated repositories comes from where ``huggingface_hub`` keeps it (``HF_TOKEN``,
+``hf auth login``) and is never printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from offgrid.errors import BadRequestError, NotFoundError, UnreachableError
+from offgrid.models.quantization import quant_of
+from offgrid.models.registry import split_name
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelInfo as HubModelInfo
+
+__all__ = [
+    "SORTS",
+    "HubFile",
+    "RemoteModel",
+    "RepoHit",
+    "auth_headers",
+    "endpoint",
+    "file_url",
+    "hub_errors",
+    "pick",
+    "repo_models",
+    "search",
+]
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+SORTS = {"downloads": "downloads", "likes": "likes", "updated": "lastModified"}
+Sort = Literal["downloads", "likes", "updated"]
+TIMEOUT = (10.0, 60.0)  # connect, read: seconds
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a repository, as the Hub vouches for it."""
+
+    name: str  # path inside the repo
+    size: int
+    sha256: str  # the LFS object id: the sha256 of the whole file
+
+    @property
+    def base_name(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A model a repository offers: one GGUF file, or the parts of a split one."""
+
+    repo: str
+    revision: str  # the commit the sizes and hashes belong to
+    files: tuple[HubFile, ...]
+
+    @property
+    def model_id(self) -> str:
+        """The id it gets once downloaded: the file name without ``.gguf`` (nor the split
+        suffix)."""
+        split = split_name(self.files[0].base_name)
+        return split[0] if split else self.files[0].base_name.removesuffix(".gguf")
+
+    @property
+    def quant(self) -> str | None:
+        return quant_of(self.files[0].name)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "model_id": self.model_id,
+            "quantization": self.quant,
+            "size": self.size,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class RepoHit:
+    """A repository a search found, with the GGUF models it offers."""
+
+    repo: str
+    downloads: int
+    likes: int
+    updated: str
+    models: tuple[RemoteModel, ...]
+
+
+def endpoint() -> str:
+    """Where the Hub is: ``HF_ENDPOINT`` (read at each call, not at import) or huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+
+
+def auth_headers() -> dict[str, str]:
+    """The headers ``huggingface_hub`` sends: its user agent and the token, if one is set."""
+    from huggingface_hub.utils._headers import build_hf_headers
+
+    return dict(build_hf_headers(library_name="offgrid"))
+
+
+def file_url(repo: str, revision: str, name: str) -> str:
+    from urllib.parse import quote
+
+    return f"{endpoint()}/{repo}/resolve/{quote(revision, safe='')}/{quote(name)}"
+
+
+@contextlib.contextmanager
+def hub_errors(what: str) -> Iterator[None]:
+    """Turn what ``huggingface_hub`` and the network raise into OffGrid's errors, in one line."""
+    import httpx2
+    from huggingface_hub import errors as hf
+
+    try:
+        yield
+    except hf.OfflineModeIsEnabled as exc:
+        raise UnreachableError(
+            f"Cannot {what}: HF_HUB_OFFLINE is set. Unset it to reach the HuggingFace Hub."
+        ) from exc
+    except hf.GatedRepoError as exc:
+        raise BadRequestError(
+            f"Cannot {what}: the repository is gated. Accept its terms on the Hub, then give "
+            "OffGrid a token: set HF_TOKEN or run `hf auth login`."
+        ) from exc
+    except hf.RepositoryNotFoundError as exc:
+        raise NotFoundError(
+            f"Cannot {what}: no such repository on the Hub (or it is private: set HF_TOKEN)."
+        ) from exc
+    except hf.HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise UnreachableError(f"Cannot {what}: the Hub answered HTTP {status}.") from exc
+    except (httpx2.TransportError, OSError) as exc:
+        raise UnreachableError(
+            f"Cannot {what}: the HuggingFace Hub at {endpoint()} cannot be reached "
+            f"({type(exc).__name__}). Is this box online? Everything else works offline."
+        ) from exc
+
+
+def _get(path: str, params: dict[str, Any] | list[tuple[str, Any]]) -> Any:
+    """One GET of the Hub's API, its JSON answer, errors raised as ``huggingface_hub`` does."""
+    from huggingface_hub import get_session, hf_raise_for_status
+
+    resp = get_session().get(
+        f"{endpoint()}{path}", params=params, headers=auth_headers(), timeout=TIMEOUT[1]
+    )
+    hf_raise_for_status(resp)
+    return resp.json()
+
+
+def _info(repo: str, revision: str | None = None) -> HubModelInfo:
+    from urllib.parse import quote
+
+    from huggingface_hub import ModelInfo
+
+    path = f"/api/models/{repo}" + (f"/revision/{quote(revision, safe='')}" if revision else "")
+    return ModelInfo(**_get(path, {"blobs": True}))  # type: ignore[no-untyped-call]
+
+
+def repo_models(repo: str, revision: str | None = None) -> list[RemoteModel]:
+    """The GGUF models of ``repo`` at ``revision`` (default: its main branch), split parts
+    grouped; each file with its size and sha256."""
+    with hub_errors(f"read {repo} on the Hub"):
+        return _models_of(_info(repo, revision))
+
+
+def _models_of(info: HubModelInfo) -> list[RemoteModel]:
+    files: dict[str, list[HubFile]] = {}
+    for sib in info.siblings or ():
+        if not sib.rfilename.endswith(".gguf") or sib.lfs is None:
+            continue
+        hub_file = HubFile(sib.rfilename, sib.lfs.size, sib.lfs.sha256)
+        split = split_name(hub_file.base_name)
+        key = sib.rfilename.rsplit("/", 1)[0] + "/" + split[0] if split else sib.rfilename
+        files.setdefault(key, []).append(hub_file)
+    models = []
+    for parts in files.values():
+        parts.sort(key=lambda f: f.name)
+        split = split_name(parts[0].base_name)
+        if split and (split[1] != 1 or len(parts) != split[2]):
+            continue  # an incomplete split set cannot be loaded
+        models.append(RemoteModel(info.id, info.sha or "main", tuple(parts)))
+    return sorted(models, key=lambda m: m.files[0].name)
+
+
+def search(
+    query: str, *, quant: str | None = None, sort: Sort = "downloads", limit: int = 10
+) -> list[RepoHit]:
+    """GGUF repositories matching ``query``, best first by ``sort``, each with its models
+    (only those at ``quant``, when given; repositories left with none are dropped)."""
+    from huggingface_hub import ModelInfo
+
+    if sort not in SORTS:
+        raise BadRequestError(f"Sort by one of {', '.join(SORTS)}, not {sort!r}.")
+    params = [("search", query), ("filter", "gguf"), ("sort", SORTS[sort]), ("limit", limit)]
+    with hub_errors("search the Hub"):
+        found = _get("/api/models", params)
+        repos = [ModelInfo(**item) for item in found]  # type: ignore[no-untyped-call]
+        with ThreadPoolExecutor(8) as pool:
+            infos = list(pool.map(lambda r: _info(r.id), repos))
+    hits = []
+    for info in infos:
+        models = [m for m in _models_of(info) if quant is None or _same(m.quant, quant)]
+        if models:
+            updated = info.last_modified.date().isoformat() if info.last_modified else ""
+            hits.append(
+                RepoHit(info.id, info.downloads or 0, info.likes or 0, updated, tuple(models))
+            )
+    return hits
+
+
+def _same(found: str | None, wanted: str) -> bool:
+    return found is not None and found.upper() == wanted.upper()
+
+
+def pick(
+    models: Sequence[RemoteModel], repo: str, file: str | None, quant: str | None
+) -> RemoteModel:
+    """The model a download names: by ``file`` (any part of a split set names the set), by
+    ``quant``, or the repo's only model; BadRequestError listing the choices otherwise."""
+    if file is not None:
+        chosen = [m for m in models if any(file in (f.name, f.base_name) for f in m.files)]
+    elif quant is not None:
+        chosen = [m for m in models if _same(m.quant, quant)]
+    else:
+        chosen = list(models)
+    if len(chosen) == 1:
+        return chosen[0]
+    names = ", ".join(m.files[0].name for m in models) or "none"
+    if not chosen:
+        wanted = f"file {file}" if file else f"quantization {quant}" if quant else "GGUF file"
+        raise NotFoundError(f"{repo} has no {wanted}. Its GGUF files: {names}.")
+    raise BadRequestError(
+        f"{repo} has several GGUF files; choose one with --file or --quant: {names}."
+    )

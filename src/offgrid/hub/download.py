@@ -1,0 +1,303 @@
+"""Downloading a model from the Hub so that every byte fetched counts and is verified.
+
+Each file is written to ``.NAME.SHA.download`` beside its destination (hidden: listings
+skip it), kept across failures and runs: a broken transfer, or a killed process, resumes
+from where it stopped with an HTTP Range request, after hashing what is already there.
+While the bytes arrive, one thread hashes them and another flushes them to the disk (the
+pipeline of ``transfer.write_hashed``), so verifying costs no extra pass. Lost connections
+are retried with backoff; the download gives up only after ``RETRIES`` attempts in a row
+that brought no byte. The file becomes a model only once its size and sha256 are those the
+Hub published for it (its LFS object id); a damaged file is discarded and nothing is
+registered. A split model's parts are fetched one after another and registered together.
+
+The bytes go through ``requests`` (urllib3), which reads as fast as ``curl`` here; the
+Hub's API calls go through ``huggingface_hub`` (``hub.client``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from offgrid.errors import (
+    BadRequestError,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    OffGridError,
+    UnreachableError,
+)
+from offgrid.hub.client import TIMEOUT, HubFile, RemoteModel, auth_headers, endpoint, file_url
+from offgrid.models.bundle import safe_file_name
+from offgrid.models.transfer import (
+    CHUNK,
+    NO_PROGRESS,
+    Progress,
+    check_free_space,
+    fsync_dir,
+    hash_file,
+    publish_new,
+    write_hashed,
+)
+
+if TYPE_CHECKING:
+    import requests
+
+    from offgrid.models.registry import Registry
+
+__all__ = ["RETRIES", "Cancelled", "fetch_model"]
+
+RETRIES = 8
+_BACKOFF_MAX = 30.0
+_READ = 1 << 20  # bytes per read from the socket: what a lost connection can cost
+
+
+class Cancelled(OffGridError):
+    """The download was stopped on request; its partial file stays, to resume later."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "cancelled"
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def fetch_model(
+    remote: RemoteModel,
+    registry: Registry,
+    *,
+    progress: Progress = NO_PROGRESS,
+    notes: Callable[[str], None] = _quiet,
+    rate: int | None = None,
+    retries: int = RETRIES,
+    stop: threading.Event | None = None,
+) -> bool:
+    """Download ``remote`` into the models folder, verified, and register it with its
+    origin. Returns False when it was there already (nothing fetched), True otherwise.
+
+    ``rate`` caps the speed in bytes per second; ``notes`` hears about retries; ``stop``
+    set from another thread cancels (Cancelled), keeping what arrived.
+    """
+    import requests
+
+    folder = registry.models_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [folder / safe_file_name(f.base_name, remote.repo) for f in remote.files]
+    todo = [(f, t) for f, t in zip(remote.files, targets, strict=True) if not _have(registry, f, t)]
+    if not todo:
+        return False
+    left = sum(
+        f.size - _partial(f, t).stat().st_size if _partial(f, t).exists() else f.size
+        for f, t in todo
+    )
+    check_free_space(folder, left, what=remote.model_id)
+    with requests.Session() as session:
+        session.headers.update(auth_headers())
+        for hub_file, target in todo:
+            url = file_url(remote.repo, remote.revision, hub_file.name)
+            job = _Transfer(session, url, hub_file, target, progress, notes, rate, retries, stop)
+            job.run()
+    origin = {"kind": "huggingface", "repo": remote.repo, "revision": remote.revision}
+    for hub_file, target in zip(remote.files, targets, strict=True):
+        registry.record(target, hub_file.sha256, origin={**origin, "file": hub_file.name})
+    return True
+
+
+def _have(registry: Registry, hub_file: HubFile, target: Path) -> bool:
+    """Whether ``target`` already holds ``hub_file``; ConflictError if it holds another."""
+    if not target.exists():
+        return False
+    digest = registry.vouched(target) or hash_file(target)
+    if digest != hub_file.sha256:
+        raise ConflictError(
+            f"{target} exists and is not {hub_file.name} (sha256 {digest[:16]}…, the Hub's "
+            f"is {hub_file.sha256[:16]}…). Remove it first (`offgrid remove`) or keep it."
+        )
+    return True
+
+
+def _partial(hub_file: HubFile, target: Path) -> Path:
+    """Where the bytes of ``hub_file`` gather until they are all there and verified."""
+    return target.parent / f".{target.name}.{hub_file.sha256[:16]}.download"
+
+
+class _Transfer:
+    """One file's download: attempts, each resuming where the last one stopped."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        hub_file: HubFile,
+        target: Path,
+        progress: Progress,
+        notes: Callable[[str], None],
+        rate: int | None,
+        retries: int,
+        stop: threading.Event | None,
+    ) -> None:
+        self.session, self.url, self.file, self.target = session, url, hub_file, target
+        self.progress, self.notes, self.rate, self.retries = progress, notes, rate, retries
+        self.stop = stop or threading.Event()
+        self.digest = hashlib.sha256()  # of what the partial file holds
+
+    def run(self) -> None:
+        partial = _partial(self.file, self.target)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd, self.file.base_name)
+            self._resume(fd)
+            self._fetch(fd)
+            actual = self.digest.hexdigest()
+            if actual != self.file.sha256:
+                os.unlink(partial)
+                raise IntegrityError(
+                    f"{self.file.name} arrived damaged: its sha256 is {actual}, "
+                    f"but the Hub says {self.file.sha256}. It was discarded and nothing was "
+                    "installed; run the same command again to fetch it anew."
+                )
+            os.fsync(fd)
+            try:
+                publish_new(partial, self.target)
+            except FileExistsError as exc:
+                raise ConflictError(f"{self.target} appeared while downloading it.") from exc
+            fsync_dir(self.target.parent)
+        finally:
+            os.close(fd)
+
+    def _resume(self, fd: int) -> None:
+        """Hash what earlier runs left (all of it, unless it is longer than the file can be)."""
+        have = os.fstat(fd).st_size
+        if have > self.file.size:
+            os.ftruncate(fd, 0)
+            have = 0
+        self.progress.start(self.file.base_name, self.file.size)
+        done = 0
+        while done < have:
+            block = os.pread(fd, min(CHUNK, have - done), done)
+            self.digest.update(block)
+            done += len(block)
+        self.progress.advance(have)
+        if have:
+            self.notes(f"{self.file.base_name}: resuming at {_pct(have, self.file.size)}")
+
+    def _fetch(self, fd: int) -> None:
+        """Bring the rest of the file, retrying lost connections with backoff."""
+        import requests
+        import urllib3
+
+        failures = 0
+        while (offset := os.fstat(fd).st_size) < self.file.size:
+            if self.stop.is_set():
+                raise Cancelled(f"The download of {self.file.name} was cancelled.")
+            try:
+                self._attempt(fd, offset)
+                error = "the connection closed early"
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if isinstance(exc, OSError) and not _network(exc):
+                    raise
+                error = type(exc).__name__
+            except _Retry as exc:
+                error = str(exc)
+            now = os.fstat(fd).st_size
+            if now >= self.file.size:
+                break
+            failures = 0 if now > offset else failures + 1
+            if failures > self.retries:
+                raise UnreachableError(
+                    f"The download of {self.file.name} stopped at {_pct(now, self.file.size)} "
+                    f"({error}) and {self.retries} retries brought nothing more. What arrived "
+                    "is kept: run the same command again to resume."
+                )
+            wait = min(_BACKOFF_MAX, 2.0 ** max(0, failures - 1)) if failures else 0.0
+            self.notes(
+                f"{self.file.base_name}: {error} at {_pct(now, self.file.size)}; "
+                + (f"retrying in {wait:.0f} s" if wait else "resuming")
+            )
+            if self.stop.wait(wait):
+                raise Cancelled(f"The download of {self.file.name} was cancelled.")
+
+    def _attempt(self, fd: int, offset: int) -> None:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with self.session.get(self.url, headers=headers, stream=True, timeout=TIMEOUT) as resp:
+            if resp.status_code == 200 and offset:  # the server ignored the range: start over
+                os.ftruncate(fd, 0)
+                self.digest = hashlib.sha256()
+                self.progress.start(self.file.base_name, self.file.size)
+            elif resp.status_code not in (200, 206):
+                _refuse(resp, self.file)
+            write_hashed(self._body(resp), fd, self.digest, progress=self.progress)
+
+    def _body(self, resp: requests.Response) -> Iterator[bytes]:
+        """The response's bytes in chunks, at most ``rate`` per second. When the connection
+        breaks, what arrived before is handed over first: every byte received counts."""
+        began, sent = time.monotonic(), 0
+        buf = bytearray()
+        while True:
+            if self.stop.is_set():
+                return
+            try:
+                block = resp.raw.read(_READ, decode_content=False)
+            except Exception:
+                if buf:
+                    yield bytes(buf)
+                raise
+            if not block:
+                break
+            buf += block
+            sent += len(block)
+            if len(buf) >= CHUNK:
+                yield bytes(buf)
+                buf.clear()
+            if self.rate and (ahead := sent / self.rate - (time.monotonic() - began)) > 0:
+                if buf:
+                    yield bytes(buf)
+                    buf.clear()
+                time.sleep(ahead)
+        if buf:
+            yield bytes(buf)
+
+
+class _Retry(Exception):
+    """A failure worth another attempt (the server busy or failing for now)."""
+
+
+def _refuse(resp: requests.Response, hub_file: HubFile) -> None:
+    """Raise what an unexpected status means: worth retrying, or final."""
+    status = resp.status_code
+    if status == 429 or status >= 500:
+        raise _Retry(f"HTTP {status}")
+    if status in (401, 403):
+        raise BadRequestError(
+            f"The Hub refused {hub_file.name} (HTTP {status}): the repository is gated or "
+            "private. Accept its terms on the Hub and set HF_TOKEN (or `hf auth login`)."
+        )
+    if status == 404:
+        raise NotFoundError(f"{hub_file.name} is not on the Hub at {endpoint()} any more.")
+    raise UnreachableError(f"The Hub answered HTTP {status} for {hub_file.name}.")
+
+
+def _lock(fd: int, name: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise ConflictError(f"{name} is being downloaded by another process already.") from exc
+
+
+def _network(exc: OSError) -> bool:
+    """Whether an OSError came from the connection (not from the disk)."""
+    import errno
+
+    return exc.errno in (None, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT)
+
+
+def _pct(done: int, total: int) -> str:
+    return f"{100 * done / total:.0f} %" if total else "0 %"
