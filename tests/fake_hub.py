@@ -7,7 +7,9 @@ downloader call, served from real files on loopback (``HF_ENDPOINT=hub.url``).
 - ``GET|HEAD /{repo}/resolve/{rev}/{file}``: the file, with HTTP ``Range``.
 
 Faults for tests: ``cut_after`` (close the connection once that many bytes of a file went
-out), ``corrupt_at`` (serve one byte flipped), ``gated`` (401 without the token).
+out; with ``down_after_cut`` files then answer 503), ``corrupt_at`` (serve one byte
+flipped). A ``gated`` repo's files need the token (401),
+as on the Hub; its info is public.
 ``served`` counts the bytes of each file sent; ``requests`` records what came in.
 """
 
@@ -56,6 +58,8 @@ class FakeHub:
         self.cut_after: dict[str, int] = {}  # file name -> bytes, for the next request only
         self.corrupt_at: dict[str, int] = {}  # file name -> offset of a flipped byte
         self.rate: int | None = None  # bytes per second, to make a transfer last
+        self.down_after_cut = False  # after a cut, files answer 503 (the link stays down)
+        self.down = False
         self.served: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -109,9 +113,7 @@ class FakeHub:
         words = query.get("search", [""])[0].lower()
         tags = set(query.get("filter", []))
         hits = [
-            r
-            for r, repo in self.repos.items()
-            if words in r.lower() and tags <= set(repo.tags)
+            r for r, repo in self.repos.items() if words in r.lower() and tags <= set(repo.tags)
         ]
         sort = query.get("sort", [""])[0]
         key = {"downloads": "downloads", "likes": "likes", "lastModified": "last_modified"}
@@ -121,8 +123,21 @@ class FakeHub:
         out = []
         for r in hits[:limit]:
             info = self.info(r, blobs=False)
-            out.append({k: info[k] for k in ("_id", "id", "modelId", "likes", "downloads",
-                                             "tags", "lastModified", "library_name")})
+            out.append(
+                {
+                    k: info[k]
+                    for k in (
+                        "_id",
+                        "id",
+                        "modelId",
+                        "likes",
+                        "downloads",
+                        "tags",
+                        "lastModified",
+                        "library_name",
+                    )
+                }
+            )
         return out
 
 
@@ -133,7 +148,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def _json(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        def _json(
+            self, body: Any, status: int = 200, headers: dict[str, str] | None = None
+        ) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -156,8 +173,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             query = parse_qs(parts.query)
             with hub.lock:
                 hub.requests.append(
-                    {"path": path, "query": query, "range": self.headers.get("Range"),
-                     "auth": self.headers.get("Authorization")}
+                    {
+                        "path": path,
+                        "query": query,
+                        "range": self.headers.get("Range"),
+                        "auth": self.headers.get("Authorization"),
+                    }
                 )
             if path == "/api/models":
                 self._json(hub.search(query))
@@ -167,10 +188,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if m.group(1) not in hub.repos:
                     self._not_found(m.group(1))
                     return
-                if not self._allowed(hub.repos[m.group(1)]):
-                    return
-                self._json(hub.info(m.group(1), query.get("blobs") == ["true"]
-                                    or query.get("blobs") == ["True"]))
+                self._json(
+                    hub.info(
+                        m.group(1), query.get("blobs") == ["true"] or query.get("blobs") == ["True"]
+                    )
+                )
                 return
             m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if m and m.group(1) in hub.repos and m.group(3) in hub.repos[m.group(1)].files:
@@ -187,6 +209,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             return True
 
         def _file(self, repo: Repo, name: str) -> None:
+            if hub.down:
+                self._json({"error": "unavailable"}, 503)
+                return
             path = repo.files[name]
             size = path.stat().st_size
             start, end = 0, size - 1
@@ -229,8 +254,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if flip is None and hub.rate is None:  # the fast path: the kernel copies
                     offset = start
                     while offset < stop:
-                        sent = os.sendfile(self.connection.fileno(), fh.fileno(), offset,
-                                           stop - offset)
+                        sent = os.sendfile(
+                            self.connection.fileno(), fh.fileno(), offset, stop - offset
+                        )
                         if sent == 0:
                             break
                         offset += sent
@@ -238,6 +264,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._send_slowly(fh, name, start, stop, flip)
             if cut is not None:
+                hub.down = hub.down_after_cut
                 self.close_connection = True
                 self.connection.shutdown(2)
 

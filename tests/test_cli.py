@@ -26,7 +26,7 @@ def run_cli(
 
 def test_help_lists_every_command(server: Server) -> None:
     out = run_cli("--help", env=server.env).stdout
-    for command in ("serve", "run", "list", "info", "setup", "config"):
+    for command in ("serve", "run", "list", "info", "setup", "config", "search", "download-hf"):
         assert command in out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from offgrid.models.gguf_meta import GGUFInfo
 
-__all__ = ["MIB", "Footprint", "Memory", "Placement", "footprint", "place"]
+__all__ = ["MIB", "Footprint", "Memory", "Placement", "footprint", "place", "rough_need"]
 
 MIB = 1024 * 1024
 
@@ -124,3 +124,11 @@ def place(fp: Footprint, budget: Memory, *, gpu: bool, requested: int | None = N
     while requested is None and layers > 0 and fp.need(layers).vram > budget.vram:
         layers -= 1
     return Placement(layers, fp.need(layers) + Memory(GPU_HOST, 0))
+
+
+def rough_need(file_size: int) -> int:
+    """RAM for a model known only by its file size (on the Hub, in the catalog): what
+    ``footprint`` counts for its weights, plus a tenth of them again for the KV cache at
+    the default context (about what Llama-3.2-1B and Llama-3.1-8B take at Q4_K_M and
+    4096 tokens)."""
+    return footprint(file_size, None, context=0, parallel=1).need(0).ram + file_size // 10

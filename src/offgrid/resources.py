@@ -17,6 +17,7 @@ __all__ = [
     "available_memory",
     "gpu_free_memory",
     "gpus",
+    "machine_fits",
     "system_facts",
 ]
 
@@ -105,6 +106,14 @@ def system_facts() -> SystemFacts:
         ram_available=mem.available,
         gpus=tuple(gpus()),
     )
+
+
+def machine_fits(need: int, facts: SystemFacts | None = None) -> bool:
+    """Whether a model needing ``need`` bytes can run on this machine at all: in nine
+    tenths of its RAM (the rest is the system's), or on its GPUs."""
+    facts = facts or system_facts()
+    vram = sum(g.total for g in facts.gpus)
+    return need <= facts.ram_total * 9 // 10 or need <= vram
 
 
 def available_memory() -> int:

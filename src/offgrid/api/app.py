@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from offgrid import __version__
 from offgrid.api.admin_routes import router as admin_router
 from offgrid.api.errors import install_error_handlers
+from offgrid.api.hub_routes import router as hub_router
 from offgrid.api.openai_routes import router as openai_router
 from offgrid.api.proxy import ROUTES, ProxyApp
 from offgrid.api.relay import Relay
@@ -31,6 +32,7 @@ from offgrid.config import (
 from offgrid.engine.build import EngineBinary, find_engine
 from offgrid.engine.process import Engine, EngineOptions
 from offgrid.errors import OffGridError
+from offgrid.hub.pulls import Pulls
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.models.watcher import watch_folders
 from offgrid.placement import Footprint, Memory, Placement, footprint, place
@@ -186,6 +188,7 @@ def create_app(settings: Settings) -> ProxyApp:
         app.state.settings, app.state.registry = settings, registry
         app.state.aliases = parse_aliases(settings.model_aliases)
         app.state.scheduler, app.state.relay = scheduler, relay
+        app.state.pulls = pulls = Pulls(registry)
         settings.models_dir.mkdir(parents=True, exist_ok=True)
         stop_watch = asyncio.Event()
         watch = asyncio.create_task(
@@ -196,6 +199,7 @@ def create_app(settings: Settings) -> ProxyApp:
         finally:
             stop_watch.set()
             await watch
+            await pulls.close()
             await scheduler.close()
             await relay.close()
             registry.close()
@@ -204,5 +208,6 @@ def create_app(settings: Settings) -> ProxyApp:
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(admin_router)
+    app.include_router(hub_router)
     _document_proxy_routes(app)
     return ProxyApp(app, app.state)

@@ -22,13 +22,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 
 def _register() -> None:
-    from offgrid.cli import bench_cmd, chat, config_cmd, info, models, running, serve, setup
+    from offgrid.cli import (
+        bench_cmd,
+        chat,
+        config_cmd,
+        hub_cmd,
+        info,
+        models,
+        running,
+        serve,
+        setup,
+    )
 
-    for module in (serve, chat, models, running, bench_cmd, info, setup, config_cmd):
+    for module in (serve, chat, models, hub_cmd, running, bench_cmd, info, setup, config_cmd):
         module.register(app)
 
 

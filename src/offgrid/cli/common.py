@@ -20,7 +20,6 @@ from rich.progress import Progress as RichProgress
 
 from offgrid.config import Settings, human_size, load_settings
 from offgrid.errors import EngineUnavailableError, OffGridError
-from offgrid.models.transfer import Progress
 
 __all__ = ["call_server", "file_progress", "human_size", "print_columns", "settings_from"]
 
@@ -63,18 +62,22 @@ class _Bar:
         self.bars = bars
         self.task: TaskID | None = None
 
-    def start(self, name: str, total: int) -> None:
+    def start(self, name: str, total: int, done: int = 0) -> None:
         if self.task is not None:
             self.bars.update(self.task, visible=False)
-        self.task = self.bars.add_task(name, total=total)
+        self.task = self.bars.add_task(name, total=total, completed=done)
 
     def advance(self, done: int) -> None:
         if self.task is not None:
             self.bars.advance(self.task, done)
 
+    def note(self, message: str) -> None:
+        """A line above the bars (a retry, a resume)."""
+        self.bars.console.print(message, highlight=False)
+
 
 @contextmanager
-def file_progress() -> Iterator[Progress]:
+def file_progress() -> Iterator[_Bar]:
     """Progress bars for long file work (on stderr, so output stays clean)."""
     with RichProgress(
         TextColumn("{task.description}"),

@@ -17,12 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from offgrid.errors import BadRequestError, NotFoundError, UnreachableError
+from offgrid.errors import BadRequestError, IntegrityError, NotFoundError, UnreachableError
 from offgrid.models.quantization import quant_of
 from offgrid.models.registry import split_name
+from offgrid.placement import rough_need
+from offgrid.resources import SystemFacts, machine_fits
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelInfo as HubModelInfo
+
+    from offgrid.models.catalog import CatalogQuant
 
 __all__ = [
     "SORTS",
@@ -32,6 +36,7 @@ __all__ = [
     "auth_headers",
     "endpoint",
     "file_url",
+    "from_catalog",
     "hub_errors",
     "pick",
     "repo_models",
@@ -87,6 +92,7 @@ class RemoteModel:
             "model_id": self.model_id,
             "quantization": self.quant,
             "size": self.size,
+            "ram_needed": rough_need(self.size),
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
         }
 
@@ -100,6 +106,20 @@ class RepoHit:
     likes: int
     updated: str
     models: tuple[RemoteModel, ...]
+
+    def as_dict(self, facts: SystemFacts) -> dict[str, Any]:
+        """The hit as ``/api/hub/search`` and ``--json`` give it: each model with the memory
+        it needs and whether that fits this machine (``facts``)."""
+        models = [m.as_dict() for m in self.models]
+        for m in models:
+            m["fits"] = machine_fits(m["ram_needed"], facts)
+        return {
+            "repo": self.repo,
+            "downloads": self.downloads,
+            "likes": self.likes,
+            "updated": self.updated,
+            "models": models,
+        }
 
 
 def endpoint() -> str:
@@ -171,6 +191,16 @@ def _info(repo: str, revision: str | None = None) -> HubModelInfo:
     return ModelInfo(**_get(path, {"blobs": True}))  # type: ignore[no-untyped-call]
 
 
+def _info_or_none(repo: str) -> HubModelInfo | None:
+    """A search hit's details, or None when the Hub will not give them (it is skipped)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return _info(repo)
+    except HfHubHTTPError:
+        return None
+
+
 def repo_models(repo: str, revision: str | None = None) -> list[RemoteModel]:
     """The GGUF models of ``repo`` at ``revision`` (default: its main branch), split parts
     grouped; each file with its size and sha256."""
@@ -211,9 +241,9 @@ def search(
         found = _get("/api/models", params)
         repos = [ModelInfo(**item) for item in found]  # type: ignore[no-untyped-call]
         with ThreadPoolExecutor(8) as pool:
-            infos = list(pool.map(lambda r: _info(r.id), repos))
+            infos = list(pool.map(_info_or_none, (r.id for r in repos)))
     hits = []
-    for info in infos:
+    for info in filter(None, infos):
         models = [m for m in _models_of(info) if quant is None or _same(m.quant, quant)]
         if models:
             updated = info.last_modified.date().isoformat() if info.last_modified else ""
@@ -247,3 +277,26 @@ def pick(
     raise BadRequestError(
         f"{repo} has several GGUF files; choose one with --file or --quant: {names}."
     )
+
+
+def from_catalog(quant: CatalogQuant) -> RemoteModel:
+    """A catalog model's files as the Hub serves them now, checked against the catalog:
+    IntegrityError if the Hub's size or sha256 differ (the repo changed since)."""
+    models = repo_models(quant.repo)
+    offered = {f.name: f for m in models for f in m.files}
+    files = []
+    for f in quant.files:
+        hub_file = offered.get(f.name)
+        if hub_file is None:
+            raise NotFoundError(
+                f"{quant.repo} no longer has {f.name}. Update the catalog "
+                "(`offgrid catalog --update FILE`) or pick a file with `offgrid download-hf`."
+            )
+        if (hub_file.size, hub_file.sha256) != (f.size, f.sha256):
+            raise IntegrityError(
+                f"{quant.repo}/{f.name} on the Hub is not the file the catalog vouches for "
+                f"(sha256 {hub_file.sha256[:16]}…, the catalog's {f.sha256[:16]}…): it was "
+                "not downloaded. Update the catalog, or use `offgrid download-hf` to take it."
+            )
+        files.append(hub_file)
+    return RemoteModel(quant.repo, models[0].revision, tuple(files))

@@ -179,13 +179,12 @@ class _Transfer:
         if have > self.file.size:
             os.ftruncate(fd, 0)
             have = 0
-        self.progress.start(self.file.base_name, self.file.size)
         done = 0
         while done < have:
             block = os.pread(fd, min(CHUNK, have - done), done)
             self.digest.update(block)
             done += len(block)
-        self.progress.advance(have)
+        self.progress.start(self.file.base_name, self.file.size, have)
         if have:
             self.notes(f"{self.file.base_name}: resuming at {_pct(have, self.file.size)}")
 
@@ -241,9 +240,7 @@ class _Transfer:
         breaks, what arrived before is handed over first: every byte received counts."""
         began, sent = time.monotonic(), 0
         buf = bytearray()
-        while True:
-            if self.stop.is_set():
-                return
+        while not self.stop.is_set():
             try:
                 block = resp.raw.read(_READ, decode_content=False)
             except Exception:

@@ -53,13 +53,14 @@ _PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.partial$")  # .NAME.PID.TOKEN.p
 class Progress(Protocol):
     """Where long file work reports how far it got."""
 
-    def start(self, name: str, total: int) -> None: ...
+    def start(self, name: str, total: int, done: int = 0) -> None:
+        """A file begins: ``total`` bytes, of which ``done`` are there already (resumed)."""
 
     def advance(self, done: int) -> None: ...
 
 
 class _Silent:
-    def start(self, name: str, total: int) -> None:
+    def start(self, name: str, total: int, done: int = 0) -> None:
         pass
 
     def advance(self, done: int) -> None:
