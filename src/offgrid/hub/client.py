@@ -24,8 +24,6 @@ from offgrid.placement import rough_need
 from offgrid.resources import SystemFacts, machine_fits
 
 if TYPE_CHECKING:
-    from huggingface_hub import ModelInfo as HubModelInfo
-
     from offgrid.models.catalog import CatalogQuant
 
 __all__ = [
@@ -164,6 +162,10 @@ def hub_errors(what: str) -> Iterator[None]:
     except hf.HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         raise UnreachableError(f"Cannot {what}: the Hub answered HTTP {status}.") from exc
+    except (KeyError, ValueError, TypeError) as exc:  # JSON not shaped as the Hub's
+        raise UnreachableError(
+            f"Cannot {what}: the answer from {endpoint()} is not the Hub's ({exc!r})."
+        ) from exc
     except (httpx2.TransportError, OSError) as exc:
         raise UnreachableError(
             f"Cannot {what}: the HuggingFace Hub at {endpoint()} cannot be reached "
@@ -182,16 +184,17 @@ def _get(path: str, params: dict[str, Any] | list[tuple[str, Any]]) -> Any:
     return resp.json()
 
 
-def _info(repo: str, revision: str | None = None) -> HubModelInfo:
+def _info(repo: str, revision: str | None = None) -> dict[str, Any]:
+    """The Hub's model info of ``repo``, with each file's size and LFS sha256. Read as JSON:
+    ``huggingface_hub.ModelInfo`` would add 190 ms of imports to every command using it."""
     from urllib.parse import quote
 
-    from huggingface_hub import ModelInfo
-
     path = f"/api/models/{repo}" + (f"/revision/{quote(revision, safe='')}" if revision else "")
-    return ModelInfo(**_get(path, {"blobs": True}))  # type: ignore[no-untyped-call]
+    info: dict[str, Any] = _get(path, {"blobs": True})
+    return info
 
 
-def _info_or_none(repo: str) -> HubModelInfo | None:
+def _info_or_none(repo: str) -> dict[str, Any] | None:
     """A search hit's details, or None when the Hub will not give them (it is skipped)."""
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -208,14 +211,15 @@ def repo_models(repo: str, revision: str | None = None) -> list[RemoteModel]:
         return _models_of(_info(repo, revision))
 
 
-def _models_of(info: HubModelInfo) -> list[RemoteModel]:
+def _models_of(info: dict[str, Any]) -> list[RemoteModel]:
     files: dict[str, list[HubFile]] = {}
-    for sib in info.siblings or ():
-        if not sib.rfilename.endswith(".gguf") or sib.lfs is None:
+    for sib in info.get("siblings") or ():
+        name, lfs = str(sib.get("rfilename", "")), sib.get("lfs")
+        if not name.endswith(".gguf") or not lfs:
             continue
-        hub_file = HubFile(sib.rfilename, sib.lfs.size, sib.lfs.sha256)
+        hub_file = HubFile(name, int(lfs["size"]), str(lfs["sha256"]))
         split = split_name(hub_file.base_name)
-        key = sib.rfilename.rsplit("/", 1)[0] + "/" + split[0] if split else sib.rfilename
+        key = name.rsplit("/", 1)[0] + "/" + split[0] if split else name
         files.setdefault(key, []).append(hub_file)
     models = []
     for parts in files.values():
@@ -223,7 +227,7 @@ def _models_of(info: HubModelInfo) -> list[RemoteModel]:
         split = split_name(parts[0].base_name)
         if split and (split[1] != 1 or len(parts) != split[2]):
             continue  # an incomplete split set cannot be loaded
-        models.append(RemoteModel(info.id, info.sha or "main", tuple(parts)))
+        models.append(RemoteModel(info["id"], info.get("sha") or "main", tuple(parts)))
     return sorted(models, key=lambda m: m.files[0].name)
 
 
@@ -232,23 +236,26 @@ def search(
 ) -> list[RepoHit]:
     """GGUF repositories matching ``query``, best first by ``sort``, each with its models
     (only those at ``quant``, when given; repositories left with none are dropped)."""
-    from huggingface_hub import ModelInfo
-
     if sort not in SORTS:
         raise BadRequestError(f"Sort by one of {', '.join(SORTS)}, not {sort!r}.")
     params = [("search", query), ("filter", "gguf"), ("sort", SORTS[sort]), ("limit", limit)]
     with hub_errors("search the Hub"):
-        found = _get("/api/models", params)
-        repos = [ModelInfo(**item) for item in found]  # type: ignore[no-untyped-call]
+        repos = [str(item["id"]) for item in _get("/api/models", params)]
         with ThreadPoolExecutor(8) as pool:
-            infos = list(pool.map(_info_or_none, (r.id for r in repos)))
+            infos = list(pool.map(_info_or_none, repos))
     hits = []
     for info in filter(None, infos):
         models = [m for m in _models_of(info) if quant is None or _same(m.quant, quant)]
         if models:
-            updated = info.last_modified.date().isoformat() if info.last_modified else ""
+            updated = str(info.get("lastModified") or "")[:10]
             hits.append(
-                RepoHit(info.id, info.downloads or 0, info.likes or 0, updated, tuple(models))
+                RepoHit(
+                    info["id"],
+                    int(info.get("downloads") or 0),
+                    int(info.get("likes") or 0),
+                    updated,
+                    tuple(models),
+                )
             )
     return hits
 

@@ -4,14 +4,16 @@ Besides the hyperparameters it sums the bytes of each repeating layer's tensors
 (``blk.N.*``), of the input embeddings and of the output layer, so that placement can put
 whole layers on the GPU and count exactly what moves there.
 
-The ``gguf`` package supplies the format's constants (value types, file types). Its
-``GGUFReader`` parses every element of every array, the tokenizer's 50k-260k strings
-included, which took 4.5 s for SmolLM2 and 23 s for Gemma 3 270M here; this reader skips
-arrays it does not need and reads the same facts in milliseconds (docs/decisions.md).
+The ``gguf`` package supplies the tensor and file types; it is imported only when a
+header is read (it brings numpy: 120 ms on every command otherwise). Its ``GGUFReader``
+parses every element of every array, the tokenizer's 50k-260k strings included, which took
+4.5 s for SmolLM2 and 23 s for Gemma 3 270M here; this reader skips arrays it does not need
+and reads the same facts in milliseconds (docs/decisions.md).
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
 import re
 import struct
@@ -19,25 +21,44 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
-
 from offgrid.errors import BadRequestError
 
 __all__ = ["GGUFInfo", "IncompleteGGUFError", "read_gguf_info"]
 
+# The GGUF value types (fixed by the format: gguf.GGUFValueType) and how scalars unpack.
+_STRING, _ARRAY = 8, 9
 _SCALARS: dict[int, str] = {
-    GGUFValueType.UINT8: "<B",
-    GGUFValueType.INT8: "<b",
-    GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I",
-    GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f",
-    GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q",
-    GGUFValueType.FLOAT64: "<d",
+    0: "<B",  # UINT8
+    1: "<b",  # INT8
+    2: "<H",  # UINT16
+    3: "<h",  # INT16
+    4: "<I",  # UINT32
+    5: "<i",  # INT32
+    6: "<f",  # FLOAT32
+    7: "<?",  # BOOL
+    10: "<Q",  # UINT64
+    11: "<q",  # INT64
+    12: "<d",  # FLOAT64
 }
+
+
+@functools.cache
+def _block_sizes() -> dict[int, tuple[int, int]]:
+    """(elements, bytes) per block of each tensor type, from the ``gguf`` package."""
+    from gguf import GGML_QUANT_SIZES
+
+    return {int(t): size for t, size in GGML_QUANT_SIZES.items()}
+
+
+def _file_type(value: object) -> str:
+    """The name of a ``general.file_type`` (``MOSTLY_Q4_K_M`` → ``Q4_K_M``)."""
+    from gguf import LlamaFileType
+
+    try:
+        name = LlamaFileType(value if isinstance(value, int) else -1).name
+    except ValueError:
+        return "unknown"
+    return name.removeprefix("MOSTLY_")
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,6 @@ class _Array:
     length: int
 
 
-_TYPES = {t.value for t in GGMLQuantizationType}
 _LAYER = re.compile(r"blk\.(\d+)\.")
 
 
@@ -102,11 +122,11 @@ class _Cursor:
 
     def value(self, vtype: int) -> Any:
         """A scalar or string; for an array, its length (the elements are skipped)."""
-        if vtype == GGUFValueType.STRING:
+        if vtype == _STRING:
             return self.string()
-        if vtype == GGUFValueType.ARRAY:
+        if vtype == _ARRAY:
             etype, count = self.unpack("<I"), self.unpack("<Q")
-            if etype == GGUFValueType.STRING:
+            if etype == _STRING:
                 for _ in range(count):  # skip: only lengths are read
                     n = self.unpack("<Q")
                     self.pos += n
@@ -177,7 +197,7 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
         for d in dims:
             count *= d
         parameters += count
-        block = GGML_QUANT_SIZES.get(GGMLQuantizationType(ttype)) if ttype in _TYPES else None
+        block = _block_sizes().get(ttype)
         if block is None or last_end < 0:
             last_end = -1
         else:
@@ -203,12 +223,7 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
         value = kv.get(f"{arch}.{key}", default)
         return int(value) if isinstance(value, int | float) else default
 
-    file_type = kv.get("general.file_type")
-    try:
-        quant = LlamaFileType(file_type if isinstance(file_type, int) else -1).name
-    except ValueError:
-        quant = "unknown"
-    quant = quant.removeprefix("MOSTLY_")
+    quant = _file_type(kv.get("general.file_type"))
     heads = arch_int("attention.head_count")
     embd = arch_int("embedding_length")
     head_dim = embd // heads if heads else 0
