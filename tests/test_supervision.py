@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import (
     STARTER_ID,
@@ -26,12 +28,28 @@ HELLO = [{"role": "user", "content": "Hi"}]
 def test_engine_killed_then_next_request_succeeds(server: Server) -> None:
     client = server.client()
     client.chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
+    before = engine_events(server)
     pid = server.engine_pid(STARTER_ID)
     os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: engine_events(server)["crashes"] > before["crashes"], 30, "the crash")
     resp = client.chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
     assert resp.choices[0].message.content is not None
     assert server.engine_pid(STARTER_ID) != pid
     assert "died with signal 9" in server.log.read_text()
+    after = engine_events(server)
+    assert {k: after[k] - before[k] for k in after} == {"starts": 1, "crashes": 1, "restarts": 1}
+
+
+def engine_events(server: Server) -> dict[str, float]:
+    """The starter's engine starts, crashes and restarts, from /metrics."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    found = {"starts": 0.0, "crashes": 0.0, "restarts": 0.0}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            event = s.name.removeprefix("offgrid_engine_").removesuffix("_total")
+            if event in found and s.labels.get("model") == STARTER_ID:
+                found[event] = s.value
+    return found
 
 
 def test_engine_killed_mid_stream_ends_stream_with_error_event(server: Server) -> None:

@@ -170,6 +170,7 @@ class _Health:
     crashes: list[float] = field(default_factory=list)
     backoff_until: float = 0.0
     last_error: str = ""
+    crashed: bool = False  # since its engine last started: the next start is a restart
 
 
 class Scheduler:
@@ -199,6 +200,8 @@ class Scheduler:
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_changed = asyncio.Event()
+        # ("starts" | "crashes" | "restarts", model id) -> count, for /metrics
+        self.events: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- requests ---------------------------------------------------------------------
     async def acquire(self, model_id: str, *, keep_alive: float | None = None) -> Lease:
@@ -294,6 +297,10 @@ class Scheduler:
             except EngineUnavailableError as exc:
                 self._record_crash(model_id, exc.message)
                 raise
+        self.events["starts", model_id] += 1
+        if health.crashed:
+            self.events["restarts", model_id] += 1
+            health.crashed = False
         slot = _Slot(engine, placement, keep_alive=self.policy.keep_alive, last_used=self._clock())
         engine.on_exit = self._on_exit
         self._slots[model_id] = slot
@@ -321,6 +328,8 @@ class Scheduler:
         now = self._clock()
         health.crashes = [t for t in health.crashes if now - t < CRASH_WINDOW] + [now]
         health.last_error = reason.splitlines()[0][:300] if reason else "unknown"
+        health.crashed = True
+        self.events["crashes", model_id] += 1
         if len(health.crashes) >= CRASH_LIMIT:
             pause = min(300.0, 10.0 * 2 ** (len(health.crashes) - CRASH_LIMIT))
             health.backoff_until = now + pause

@@ -19,9 +19,11 @@ from offgrid import __version__
 from offgrid.api.admin_routes import router as admin_router
 from offgrid.api.errors import install_error_handlers
 from offgrid.api.hub_routes import router as hub_router
+from offgrid.api.metrics import Metrics
 from offgrid.api.openai_routes import router as openai_router
 from offgrid.api.proxy import ROUTES, ProxyApp
 from offgrid.api.relay import Relay
+from offgrid.api.stats_routes import router as stats_router
 from offgrid.config import (
     Settings,
     parse_aliases,
@@ -189,6 +191,7 @@ def create_app(settings: Settings) -> ProxyApp:
         app.state.aliases = parse_aliases(settings.model_aliases)
         app.state.scheduler, app.state.relay = scheduler, relay
         app.state.pulls = pulls = Pulls(registry)
+        app.state.metrics = Metrics(scheduler)
         settings.models_dir.mkdir(parents=True, exist_ok=True)
         stop_watch = asyncio.Event()
         watch = asyncio.create_task(
@@ -209,5 +212,6 @@ def create_app(settings: Settings) -> ProxyApp:
     app.include_router(openai_router)
     app.include_router(admin_router)
     app.include_router(hub_router)
+    app.include_router(stats_router)
     _document_proxy_routes(app)
     return ProxyApp(app, app.state)

@@ -8,18 +8,25 @@ figures). Everything else, and the OpenAPI schema, stays with FastAPI.
 
 A client that disconnects is noticed by a watcher on ``receive()``, which closes the
 upstream response; closing the socket makes llama-server cancel the generation.
+
+Every request, proxied or not, is counted here for ``/metrics`` (route, status, duration);
+for completions the engine's token counts are read from the body, or from the last few
+pieces of a stream (kept by reference, not copied), once it has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from offgrid.api.errors import error_event, error_json
+from offgrid.api.metrics import Metrics, completion_facts
 from offgrid.api.relay import Relay, Upstream, engine_failed, reshape_error
 from offgrid.api.splice import EngineStream, client_transport
 from offgrid.config import parse_duration
@@ -117,22 +124,55 @@ class ProxyApp:
         self.state = state  # FastAPI's app.state, filled by its lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        required = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if required is None or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
+        began = time.perf_counter()
+        required = ROUTES.get(scope["path"])
+        if required is None or scope["method"] != "POST":
+            status = await self._api(scope, receive, send)
+            route = getattr(scope.get("route"), "path", "unmatched")  # a template, not the path
+        else:
+            status = await self._proxied(scope, receive, send, required)
+            route = scope["path"]
+        metrics: Metrics | None = getattr(self.state, "metrics", None)
+        if metrics is not None:
+            metrics.request(route, status, time.perf_counter() - began)
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Let FastAPI answer; the status it sent."""
+        status = 500
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.api(scope, receive, watched)
+        return status
+
+    async def _proxied(self, scope: Scope, receive: Receive, send: Send, required: str) -> int:
+        """Relay a request to its engine; the status sent (499: the client left first)."""
         try:
-            await self._proxy(scope, receive, send, required)
+            return await self._proxy(scope, receive, send, required)
         except OffGridError as exc:
             await _send_whole(send, exc.status, error_json(exc), exc.headers())
+            return exc.status
         except ConnectionResetError:
-            pass  # the client left before we answered
+            return 499  # the client left before we answered
         except Exception as exc:
             log.exception("unexpected error on %s", scope["path"])
             message = f"Internal error ({type(exc).__name__}); the server log has the details."
             await _send_whole(send, 500, error_json(OffGridError(message)))
+            return 500
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, required: str) -> None:
+    def _count(self, model: str, text: bytes, ttft: float | None) -> None:
+        metrics: Metrics | None = getattr(self.state, "metrics", None)
+        if metrics is not None:
+            metrics.completion(model, completion_facts(text), ttft)
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, required: str) -> int:
         declared = 0
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -142,18 +182,20 @@ class ProxyApp:
         model = self.state.aliases.get(req.model, req.model)
         relay: Relay = self.state.relay
         path, stream = scope["path"], req.stream
+        began = time.perf_counter()
         target = client_transport(send) if stream else None
         if target is None:
             upstream = await relay.open(path, body, model, stream, keep_alive=req.keep_alive)
             if upstream.response.status != 200 or not stream:
                 status, data = await upstream.read_whole()
                 await _send_whole(send, status, data)
-                return
-            await self._stream(upstream, receive, send)
-            return
+                if status == 200:
+                    self._count(model, data, None)
+                return status
+            return await self._stream(upstream, receive, send, began)
         engine_stream, lease = await relay.open_stream(path, body, model, keep_alive=req.keep_alive)
         try:
-            await self._splice(engine_stream, lease.model_id, target, receive, send)
+            return await self._splice(engine_stream, lease.model_id, target, receive, send, began)
         finally:
             engine_stream.close()
             lease.release()
@@ -165,19 +207,26 @@ class ProxyApp:
         target: tuple[Any, Any],
         receive: Receive,
         send: Send,
-    ) -> None:
-        """Relay a streamed answer socket to socket (``splice``) until done or the client leaves."""
+        began: float,
+    ) -> int:
+        """Relay a streamed answer socket to socket (``splice``) until done or the client
+        leaves; the status sent."""
         status, _headers = upstream.head.result()
         if status != 200 or not upstream.chunked:
             data = await upstream.read_whole()
             await _send_whole(send, status, data if status == 200 else reshape_error(status, data))
-            return
+            return status
         headers = [*_SSE_HEADERS, (b"transfer-encoding", b"chunked")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         transport, flow = target
+        tail: collections.deque[bytes] = collections.deque(maxlen=4)
+        first: list[float] = []
 
         def sink(data: bytes) -> None:
             transport.write(data)
+            tail.append(data)
+            if not first:
+                first.append(time.perf_counter() - began)
             if flow.write_paused and upstream.transport is not None:
                 upstream.transport.pause_reading()  # a slow client slows the engine's stream
                 asyncio.get_running_loop().create_task(resume_when_drained())
@@ -194,29 +243,38 @@ class ProxyApp:
                 await upstream.done
             except ConnectionError as exc:
                 if upstream.closed_by_us:
-                    return
+                    return 499
                 if not upstream.at_boundary:
                     transport.close()  # mid-chunk: only a broken response is honest
-                    return
+                    return 502
                 event = error_event(engine_failed(model_id, exc))
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self._count(model_id, b"".join(tail), first[0] if first else None)
+            return 200
         finally:
             watcher.cancel()
 
-    async def _stream(self, upstream: Upstream, receive: Receive, send: Send) -> None:
+    async def _stream(self, upstream: Upstream, receive: Receive, send: Send, began: float) -> int:
         """Relay a streamed answer through ASGI ``send`` (servers other than uvicorn's)."""
         watcher = asyncio.create_task(_close_on_disconnect(receive, upstream.close))
+        tail: collections.deque[bytes] = collections.deque(maxlen=4)
+        ttft: float | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             try:
                 async for chunk in upstream.response.content.iter_any():
+                    if ttft is None:
+                        ttft = time.perf_counter() - began
+                    tail.append(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except Exception as exc:  # the engine died or the connection broke mid-stream
                 if not upstream.closed_by_us:
                     event = error_event(engine_failed(upstream.lease.model_id, exc))
                     await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self._count(upstream.lease.model_id, b"".join(tail), ttft)
+            return 200
         finally:
             watcher.cancel()
             upstream.close()

@@ -1,0 +1,170 @@
+"""What the server has been doing, for Prometheus (``/metrics``) and the dashboard
+(``/api/stats``): both are read from the same ``prometheus_client`` registry.
+
+Counted as requests end: requests by route and status, their duration; for completions
+the model's prompt and completion tokens, time to first token and decode speed, taken
+from the engine's own ``usage``/``timings`` (the last events of a stream, or the body).
+Read at scrape time from the scheduler: loaded models and their memory, busy slots and
+queue lengths, engine starts, crashes and restarts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from offgrid.scheduler import Scheduler
+
+__all__ = ["Metrics", "completion_facts"]
+
+_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Metrics:
+    """The server's counters, histograms and gauges, in a registry of its own."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "offgrid_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "offgrid_request_duration_seconds",
+            "Time to answer a request, to its last byte",
+            ["route"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "offgrid_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "offgrid_completion_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            "offgrid_time_to_first_token_seconds",
+            "Time from a streamed request to its first chunk",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.speed = Gauge(
+            "offgrid_tokens_per_second",
+            "Decode speed of the model's last completion",
+            ["model"],
+            registry=r,
+        )
+        r.register(_SchedulerCollector(scheduler))
+        self.started = time.time()
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.duration.labels(route).observe(seconds)
+
+    def completion(self, model: str, facts: dict[str, float], ttft: float | None) -> None:
+        """Count one completion's tokens (``completion_facts``) and speeds."""
+        if "prompt" in facts:
+            self.prompt_tokens.labels(model).inc(facts["prompt"])
+        if "completion" in facts:
+            self.completion_tokens.labels(model).inc(facts["completion"])
+        if "per_second" in facts:
+            self.speed.labels(model).set(facts["per_second"])
+        if ttft is not None:
+            self.ttft.labels(model).observe(ttft)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def stats(self) -> dict[str, Any]:
+        """The same figures as ``/metrics``, as JSON: totals by label, histogram sums and
+        counts (from which the dashboard takes averages and, between polls, rates)."""
+        out: dict[str, Any] = {"started_at": self.started, "time": time.time()}
+        for family in self.registry.collect():
+            key = family.name.removeprefix("offgrid_")
+            for s in family.samples:
+                if s.name.endswith(("_created", "_bucket")):
+                    continue
+                suffix = s.name.removeprefix(family.name).lstrip("_") or "value"
+                labels = ",".join(s.labels.values()) or "all"
+                out.setdefault(key, {}).setdefault(labels, {})[suffix] = s.value
+        return out
+
+
+class _SchedulerCollector(Collector):
+    """Gauges and counters read from the scheduler when scraped."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterable[Metric]:
+        rows = [r for r in self.scheduler.status() if r.get("state") not in ("loading", "backoff")]
+        loaded = GaugeMetricFamily("offgrid_loaded_models", "Models loaded now")
+        loaded.add_metric([], len(rows))
+        memory = GaugeMetricFamily(
+            "offgrid_model_memory_bytes", "Memory a loaded model takes", labels=["model", "kind"]
+        )
+        busy = GaugeMetricFamily(
+            "offgrid_busy_slots", "Requests a model's engine runs now", labels=["model"]
+        )
+        slots = GaugeMetricFamily("offgrid_slots", "Parallel slots of an engine", labels=["model"])
+        queue = GaugeMetricFamily(
+            "offgrid_queue_length", "Requests waiting for a model", labels=["model"]
+        )
+        for row in rows:
+            mid = str(row["id"])
+            memory.add_metric([mid, "ram"], float(str(row["ram_bytes"])))
+            memory.add_metric([mid, "vram"], float(str(row["vram_bytes"])))
+            busy.add_metric([mid], float(str(row["active_requests"])))
+            slots.add_metric([mid], float(str(row["parallel"])))
+            queue.add_metric([mid], float(str(row["queued_requests"])))
+        yield from (loaded, memory, busy, slots, queue)
+        events = self.scheduler.events
+        for name, doc in (
+            ("starts", "Engines started"),
+            ("crashes", "Engines that exited or stopped answering unasked"),
+            ("restarts", "Engines started again after a crash"),
+        ):
+            family = CounterMetricFamily(f"offgrid_engine_{name}", doc, labels=["model"])
+            for (event, mid), n in sorted(events.items()):
+                if event == name:
+                    family.add_metric([mid], n)
+            yield family
+
+
+_FACT = re.compile(
+    rb'"(prompt_tokens|completion_tokens|prompt_n|cache_n|predicted_n|predicted_per_second)"'
+    rb":\s*([0-9.eE+-]+)"
+)
+
+
+def completion_facts(text: bytes) -> dict[str, float]:
+    """Tokens and speed of a completion, from its body or the last events of its stream:
+    the engine's ``usage`` where it gives one, else its ``timings``. Read with a regular
+    expression, not a JSON parser: a body of embeddings can be large, and a stream's tail
+    may start mid-event."""
+    found: dict[bytes, float] = {}
+    for key, value in _FACT.findall(text):
+        try:
+            found[key] = float(value)  # the last one wins: the final event's
+        except ValueError:
+            continue
+    facts: dict[str, float] = {}
+    if b"prompt_tokens" in found:
+        facts["prompt"] = found[b"prompt_tokens"]
+    elif b"prompt_n" in found:
+        facts["prompt"] = found[b"prompt_n"] + found.get(b"cache_n", 0.0)
+    if b"completion_tokens" in found:
+        facts["completion"] = found[b"completion_tokens"]
+    elif b"predicted_n" in found:
+        facts["completion"] = found[b"predicted_n"]
+    if found.get(b"predicted_per_second"):
+        facts["per_second"] = found[b"predicted_per_second"]
+    return facts
