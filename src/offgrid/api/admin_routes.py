@@ -52,9 +52,17 @@ def _registry(request: Request) -> Registry:
 @router.get("/models")
 async def installed_models(request: Request) -> dict[str, Any]:
     """Installed models with their metadata, hash, origin and whether they are loaded."""
+    from offgrid.api.app import estimate
+
     loaded = _scheduler(request).loaded()
+    settings: Settings = request.app.state.settings
     models = await asyncio.to_thread(_registry(request).list)
-    return {"models": [{**m.as_dict(), "loaded": m.id in loaded} for m in models]}
+    return {
+        "models": [
+            {**m.as_dict(), "loaded": m.id in loaded, "memory": estimate(settings, m)}
+            for m in models
+        ]
+    }
 
 
 @router.get("/models/{model_id}")

@@ -24,6 +24,8 @@ from offgrid.api.openai_routes import router as openai_router
 from offgrid.api.proxy import ROUTES, ProxyApp
 from offgrid.api.relay import Relay
 from offgrid.api.stats_routes import router as stats_router
+from offgrid.api.ui_routes import router as ui_router
+from offgrid.api.ui_routes import static_files
 from offgrid.config import (
     Settings,
     parse_aliases,
@@ -213,5 +215,7 @@ def create_app(settings: Settings) -> ProxyApp:
     app.include_router(admin_router)
     app.include_router(hub_router)
     app.include_router(stats_router)
+    app.include_router(ui_router)
+    app.mount("/ui/static", static_files(), name="ui-static")
     _document_proxy_routes(app)
     return ProxyApp(app, app.state)
