@@ -6,6 +6,16 @@ cd "$(dirname "$0")"
 . scripts/bootstrap.sh
 bootstrap "[dev]"
 .venv/bin/offgrid setup --no-model
+chromium="${OFFGRID_CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$chromium" ]; then  # the dashboard's tests drive a real browser
+    echo "== Installing Debian's chromium for the browser tests"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; }; then
+        echo "Could not install chromium: install it (apt-get install chromium) or set OFFGRID_CHROMIUM." >&2
+        exit 1
+    fi
+fi
 echo "== Running the tests"
 set +e
 .venv/bin/python -m pytest "$@"

@@ -139,7 +139,7 @@ const chat = {
     }
     const select = $("#model");
     const keep = this.conv?.model || select.value;
-    select.replaceChildren(...this.modelIds.map((id) => make("option", id)));
+    select.replaceChildren(...this.modelIds.map((id) => Object.assign(make("option", id), { value: id })));
     if (this.modelIds.includes(keep)) select.value = keep;
     if (!this.modelIds.length) $("#model-state").textContent = "No model installed: see the Models page.";
   },
@@ -382,6 +382,11 @@ $("#new-chat").addEventListener("click", () => chat.create());
 for (const id of ["#model", "#system-prompt", "#temperature", "#max-tokens"]) {
   $(id).addEventListener("change", () => chat.conv && chat.settings());
 }
+$("#settings-toggle").addEventListener("click", (e) => {
+  const body = $("#settings-body");
+  body.hidden = !body.hidden;
+  e.currentTarget.setAttribute("aria-expanded", String(!body.hidden));
+});
 $("#toggle-sidebar").addEventListener("click", () => document.body.classList.toggle("sidebar-open"));
 
 // ---- models -----------------------------------------------------------------------------

@@ -79,17 +79,23 @@ export function renderMarkdown(root, text) {
     const item = line.match(/^\s*([-*+]|\d+[.)])\s+(.*)$/);
     const quote = line.match(/^>\s?(.*)$/);
     if (!line.trim()) {
-      flush();
+      if (para.length) paragraph(out, para);
+      para = []; // a list goes on across blank lines
     } else if (heading) {
       flush();
       const h = el(`h${Math.min(6, heading[1].length + 2)}`);
       inline(h, heading[2]);
       out.append(h);
     } else if (item) {
-      if (para.length) paragraph(out, para), (para = []);
+      if (para.length) {
+        paragraph(out, para);
+        para = [];
+        list = null;
+      }
       const ordered = /\d/.test(item[1]);
       if (!list || list.ordered !== ordered) {
         list = { node: el(ordered ? "ol" : "ul"), ordered };
+        if (ordered && parseInt(item[1], 10) !== 1) list.node.start = parseInt(item[1], 10);
         out.append(list.node);
       }
       const li = el("li");

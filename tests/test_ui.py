@@ -1,0 +1,313 @@
+"""The dashboard at /ui, driven by a real browser (Debian's Chromium, headless, through
+Playwright) against the real server, engine and models.
+
+Screenshots of each page in light and dark are written to docs/screenshots/ (the README
+shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from playwright.sync_api import Browser, Page, Route, sync_playwright
+
+from conftest import GEMMA_ID, STARTER_ID, Server, start_server, wait_for
+from fake_hub import FakeHub
+from offgrid.engine.build import EngineBinary
+from offgrid.models.starter import STARTER
+
+CHROMIUM = os.environ.get("OFFGRID_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+PHONE = {"width": 390, "height": 844}
+SMOL = STARTER.file_name
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: Server) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+    assert errors == []
+
+
+def open_ui(page: Page, server: Server, where: str = "chat") -> None:
+    page.goto(f"{server.url}/ui#{where}")
+    if where == "chat":
+        page.wait_for_selector(f"#model option[value='{STARTER_ID}']", state="attached")
+
+
+def send(page: Page, text: str, max_tokens: int | None = None) -> None:
+    if max_tokens is not None:
+        if not page.is_visible("#max-tokens"):
+            page.click("#settings-toggle")
+        page.fill("#max-tokens", str(max_tokens))
+        page.dispatch_event("#max-tokens", "change")
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+
+
+def last_reply(page: Page) -> Any:
+    return page.locator(".message.assistant").last
+
+
+def wait_done(page: Page) -> None:
+    page.wait_for_selector(".message.assistant.streaming", state="detached")
+
+
+def engine_idle(server: Server, model: str) -> bool:
+    slots = requests.get(f"http://127.0.0.1:{server.engine_port(model)}/slots", timeout=5).json()
+    return not any(s.get("is_processing") for s in slots)
+
+
+def test_page_loads_with_every_request_to_offgrid(page: Page, server: Server) -> None:
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    open_ui(page, server)
+    send(page, "Hi", max_tokens=8)
+    wait_done(page)
+    for where, ready in (("models", "#models-table tbody tr"), ("system", ".card")):
+        page.click(f"nav a[data-page={where}]")
+        page.wait_for_selector(ready)
+    assert len(urls) >= 8
+    assert [u for u in urls if not u.startswith(f"{server.url}/")] == []
+    csp = requests.get(f"{server.url}/ui", timeout=5).headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "connect-src 'self'" in csp
+
+
+def test_reply_grows_while_streaming(page: Page, server: Server) -> None:
+    open_ui(page, server)
+    page.evaluate(
+        """() => {
+        window.samples = [];
+        new MutationObserver(() => {
+          const m = [...document.querySelectorAll('.message.assistant')].pop();
+          if (m) window.samples.push([m.querySelector('.content').textContent.length,
+                                      m.classList.contains('streaming')]);
+        }).observe(document.querySelector('#messages'),
+                   {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    send(page, "Tell me about rivers and lakes.", max_tokens=80)
+    wait_done(page)
+    samples = page.evaluate("window.samples")
+    growing = sorted({n for n, streaming in samples if streaming and n > 1})
+    assert len(growing) >= 3, samples  # text appeared in several steps before the end
+    final = len(last_reply(page).locator(".content").text_content() or "")
+    assert final >= growing[-1] - 1
+    stats = last_reply(page).locator(".stats").text_content() or ""
+    assert "tokens/s" in stats and "first token" in stats
+
+
+def test_stop_ends_the_stream_and_frees_the_engine_slot(page: Page, server: Server) -> None:
+    open_ui(page, server)
+    send(page, "Write a very long story about a lighthouse keeper.", max_tokens=4000)
+    page.wait_for_function(
+        "() => { const m = [...document.querySelectorAll('.message.assistant.streaming')].pop();"
+        " return m && m.querySelector('.content').textContent.length > 20; }"
+    )
+    assert not engine_idle(server, STARTER_ID)
+    page.click("#stop")
+    wait_done(page)
+    assert "stopped" in (last_reply(page).locator(".stats").text_content() or "")
+    assert page.is_visible("#send") and not page.is_visible("#stop")
+    wait_for(lambda: engine_idle(server, STARTER_ID), 5, "the engine slot to free")
+
+
+def test_switching_model(page: Page, server: Server) -> None:
+    bodies: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda r: (
+            bodies.append(json.loads(r.post_data or "{}"))
+            if r.url.endswith("/v1/chat/completions")
+            else None
+        ),
+    )
+    open_ui(page, server)
+    page.select_option("#model", GEMMA_ID)
+    send(page, "Hello!", max_tokens=8)
+    wait_done(page)
+    assert [b["model"] for b in bodies] == [GEMMA_ID]
+    assert not last_reply(page).get_attribute("class").count("error")
+    assert (last_reply(page).locator(".content").text_content() or "").strip()
+    page.select_option("#model", STARTER_ID)
+    send(page, "And you?", max_tokens=8)
+    wait_done(page)
+    assert [b["model"] for b in bodies] == [GEMMA_ID, STARTER_ID]
+    assert [m["role"] for m in bodies[1]["messages"]] == ["user", "assistant", "user"]
+
+
+ATTACK = "<img src=x onerror=window.pwned=1> <script>window.pwned=2</script> **bold**"
+
+
+def test_model_output_is_shown_as_text(page: Page, server: Server) -> None:
+    """The real engine is made to write markup (a grammar added to the browser's request)."""
+    grammar = "root ::= " + json.dumps(ATTACK)
+
+    def force(route: Route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        route.continue_(post_data=json.dumps({**body, "grammar": grammar}))
+
+    page.route("**/v1/chat/completions", force)
+    open_ui(page, server)
+    send(page, "Say something.", max_tokens=60)
+    wait_done(page)
+    content = last_reply(page).locator(".content")
+    assert "<img src=x onerror=window.pwned=1>" in (content.text_content() or "")
+    assert "<script>window.pwned=2</script>" in (content.text_content() or "")
+    assert content.locator("img, script").count() == 0
+    assert content.locator("strong").text_content() == "bold"
+    assert page.evaluate("window.pwned") is None
+    page.reload()  # the stored conversation renders the same way
+    page.wait_for_selector(".message.assistant .content strong")
+    assert page.locator("img, script:not([src])").count() == 0
+    assert page.evaluate("window.pwned") is None
+
+
+def test_models_and_system_pages_show_real_values(page: Page, server: Server) -> None:
+    server.client().chat.completions.create(
+        model=STARTER_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    installed = {
+        m["id"]: m for m in requests.get(f"{server.url}/api/models", timeout=10).json()["models"]
+    }
+    open_ui(page, server, "models")
+    row = page.locator("#models-table tbody tr", has_text=STARTER_ID)
+    cells = row.locator("td").all_text_contents()
+    starter = installed[STARTER_ID]
+    assert cells[:4] == [
+        STARTER_ID,
+        "98.4 MB",
+        starter["quantization"],
+        str(starter["context_length"]),
+    ]
+    assert cells[5] == "loaded"
+    assert page.locator("#models-table tbody tr", has_text=GEMMA_ID).count() == 1
+
+    page.click("nav a[data-page=system]")
+    page.wait_for_selector(".card[data-card=RAM]")
+    system = requests.get(f"{server.url}/api/stats", timeout=10).json()["system"]
+    ram = page.locator(".card[data-card=RAM]").text_content() or ""
+    assert f"of {system['ram_total'] / 1e9:.1f} GB" in ram
+    assert f"{system['cpu_cores']} cores" in (
+        page.locator(".card[data-card=CPU]").text_content() or ""
+    )
+    engines = page.locator("#engines tbody tr", has_text=STARTER_ID)
+    assert engines.count() == 1 and " / " in (engines.locator("td").nth(4).text_content() or "")
+
+
+def test_phone_sized_screen_keeps_chat_usable(browser: Browser, server: Server) -> None:
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        open_ui(page, server)
+        width = page.evaluate("document.scrollingElement.scrollWidth")
+        assert width <= PHONE["width"]
+        box = page.locator("#prompt").bounding_box()
+        assert box is not None and box["y"] + box["height"] <= PHONE["height"]
+        assert page.is_visible("#send")
+        send(page, "Hi", max_tokens=8)
+        wait_done(page)
+        assert (last_reply(page).locator(".content").text_content() or "").strip()
+        right = "() => document.querySelector('#sidebar').getBoundingClientRect().right"
+        assert page.evaluate(right) <= 0  # the conversations slide in on demand
+        page.click("#toggle-sidebar")
+        page.wait_for_function(f"() => ({right})() > 100")
+        page.click("#new-chat")
+        assert page.locator("#conversations li").count() == 2
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_screenshots(browser: Browser, server: Server, theme: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1200, "height": 760}, color_scheme=theme)  # type: ignore[arg-type]
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        open_ui(page, server)
+        assert page.evaluate("document.documentElement.dataset.theme") == theme
+        send(page, "Give me three tips for saving water, as a list.", max_tokens=120)
+        wait_done(page)
+        page.click("#settings-toggle")  # closed again, as people mostly see it
+        page.screenshot(path=SHOTS / f"chat-{theme}.png")
+        page.click("nav a[data-page=models]")
+        page.wait_for_selector("#models-table tbody tr")
+        page.screenshot(path=SHOTS / f"models-{theme}.png")
+        page.click("nav a[data-page=system]")
+        page.wait_for_selector("#engines tbody tr")
+        page.wait_for_selector(".card[data-card=Requests]")
+        page.screenshot(path=SHOTS / f"system-{theme}.png")
+    finally:
+        context.close()
+    for name in ("chat", "models", "system"):
+        assert (SHOTS / f"{name}-{theme}.png").stat().st_size > 10_000
+
+
+def test_pull_from_the_hub_shows_live_progress(
+    browser: Browser, tmp_path: Path, model_store: Path, engine_binary: EngineBinary
+) -> None:
+    """Search the (local) Hub from the models page, pull, watch the bar move, see it listed."""
+    with FakeHub() as hub:
+        hub.add("tester/SmolLM2-135M-Instruct-GGUF", {SMOL: model_store / SMOL}, downloads=3)
+        hub.rate = 40_000_000  # about 2.5 s: the bar has time to move
+        (tmp_path / "models").mkdir()
+        srv = start_server(
+            tmp_path,
+            tmp_path / "models",
+            engine_binary,
+            HF_ENDPOINT=hub.url,
+            OFFGRID_DATA_DIR=str(tmp_path / "data"),
+        )
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(f"{srv.url}/ui#models")
+            page.wait_for_selector("#models-note:has-text('No model installed')")
+            page.fill("#hub-q", "smol")
+            page.click("#hub-search button")
+            page.click("#hub-results tbody tr:has-text('Q4_1') button")
+            page.wait_for_function(
+                "() => { const b = document.querySelector('.pull progress');"
+                " return b && b.value > 0 && b.value < 100; }"
+            )
+            page.wait_for_selector(".pull:has-text('done')")
+            assert page.locator(".pull progress").evaluate("b => b.value") == 100
+            page.wait_for_selector(f"#models-table tbody tr:has-text('{STARTER_ID}')")
+            assert hub.served[SMOL] == (model_store / SMOL).stat().st_size
+        finally:
+            context.close()
+            srv.stop()
