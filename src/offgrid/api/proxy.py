@@ -241,15 +241,17 @@ class ProxyApp:
             upstream.splice_to(sink)
             try:
                 await upstream.done
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             except ConnectionError as exc:
-                if upstream.closed_by_us:
-                    return 499
-                if not upstream.at_boundary:
+                if upstream.closed_by_us:  # the client left: with the whole answer, or before?
+                    if not (tail and b"[DONE]" in tail[-1]):
+                        return 499
+                elif not upstream.at_boundary:
                     transport.close()  # mid-chunk: only a broken response is honest
                     return 502
-                event = error_event(engine_failed(model_id, exc))
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:
+                    event = error_event(engine_failed(model_id, exc))
+                    await send({"type": "http.response.body", "body": event, "more_body": False})
             self._count(model_id, b"".join(tail), first[0] if first else None)
             return 200
         finally:
