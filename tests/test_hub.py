@@ -22,7 +22,7 @@ import pytest
 import requests
 from gguf.scripts.gguf_new_metadata import copy_with_new_metadata
 
-from conftest import STARTER_ID, start_server, wait_for
+from conftest import STARTER_ID, Server, start_server, wait_for
 from fake_hub import FakeHub
 from offgrid.engine.build import EngineBinary
 from offgrid.errors import IntegrityError, UnreachableError
@@ -419,9 +419,9 @@ def sse_states(resp: requests.Response) -> list[dict[str, object]]:
     return [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith(b"data: ")]
 
 
-def test_pull_progress_events_arrive_in_order_and_end_final(
-    hub: FakeHub, tmp_path: Path, engine_binary: EngineBinary
-) -> None:
+@pytest.fixture
+def hub_server(hub: FakeHub, tmp_path: Path, engine_binary: EngineBinary) -> Iterator[Server]:
+    """A server with no model yet, whose Hub is the local one."""
     (tmp_path / "models").mkdir()
     srv = start_server(
         tmp_path,
@@ -430,84 +430,77 @@ def test_pull_progress_events_arrive_in_order_and_end_final(
         OFFGRID_DATA_DIR=str(tmp_path / "data"),
         HF_ENDPOINT=hub.url,
     )
-    try:
-        found = requests.get(
-            f"{srv.url}/api/hub/search", params={"q": "smol", "quant": "Q4_1"}, timeout=30
-        ).json()["results"]
-        assert found[0]["repo"] == "tester/SmolLM2-135M-Instruct-GGUF"
-        assert found[0]["models"][0]["fits"] is True
+    yield srv
+    srv.stop()
 
-        hub.rate = 50_000_000  # two seconds: several progress events
-        body = {"repo": "tester/SmolLM2-135M-Instruct-GGUF", "quant": "Q4_1"}
-        with requests.post(f"{srv.url}/api/pulls", json=body, stream=True, timeout=60) as resp:
-            assert resp.headers["content-type"].startswith("text/event-stream")
-            states = sse_states(resp)
-        statuses = [s["status"] for s in states]
-        assert statuses[-1] == "done" and "downloading" in statuses
-        assert all(s not in ("done", "failed") for s in statuses[:-1])
-        done = [int(str(s["completed"])) for s in states]
-        assert done == sorted(done) and done[-1] == STARTER.size
-        assert len([s for s in states if s["status"] == "downloading"]) >= 3
-        assert any(int(str(s["bytes_per_second"])) > 0 for s in states)
 
-        pulls = requests.get(f"{srv.url}/api/pulls", timeout=10).json()["pulls"]
-        assert [p["status"] for p in pulls] == ["done"]
-        models = [m.id for m in srv.client().models.list()]
-        assert STARTER_ID in models
-        reply = srv.client().chat.completions.create(
-            model=STARTER_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-        )
-        assert reply.choices[0].message.content
+def test_pull_progress_events_arrive_in_order_and_end_final(
+    hub: FakeHub, hub_server: Server
+) -> None:
+    srv = hub_server
+    found = requests.get(
+        f"{srv.url}/api/hub/search", params={"q": "smol", "quant": "Q4_1"}, timeout=30
+    ).json()["results"]
+    assert found[0]["repo"] == "tester/SmolLM2-135M-Instruct-GGUF"
+    assert found[0]["models"][0]["fits"] is True
 
-        again = requests.post(f"{srv.url}/api/pulls", json=body, stream=True, timeout=60)
-        assert [s["status"] for s in sse_states(again)][-1] == "present"
+    hub.rate = 50_000_000  # two seconds: several progress events
+    body = {"repo": "tester/SmolLM2-135M-Instruct-GGUF", "quant": "Q4_1"}
+    with requests.post(f"{srv.url}/api/pulls", json=body, stream=True, timeout=60) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        states = sse_states(resp)
+    statuses = [s["status"] for s in states]
+    assert statuses[-1] == "done" and "downloading" in statuses
+    assert all(s not in ("done", "failed") for s in statuses[:-1])
+    done = [int(str(s["completed"])) for s in states]
+    assert done == sorted(done) and done[-1] == STARTER.size
+    assert len([s for s in states if s["status"] == "downloading"]) >= 3
+    assert any(int(str(s["bytes_per_second"])) > 0 for s in states)
 
-        missing = requests.post(
-            f"{srv.url}/api/pulls", json={"repo": "tester/nope-GGUF"}, timeout=30
-        )
-        assert missing.status_code == 404
-        assert "no such repository" in missing.json()["error"]["message"]
-    finally:
-        srv.stop()
+    pulls = requests.get(f"{srv.url}/api/pulls", timeout=10).json()["pulls"]
+    assert [p["status"] for p in pulls] == ["done"]
+    models = [m.id for m in srv.client().models.list()]
+    assert STARTER_ID in models
+    reply = srv.client().chat.completions.create(
+        model=STARTER_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content
+
+    again = requests.post(f"{srv.url}/api/pulls", json=body, stream=True, timeout=60)
+    assert [s["status"] for s in sse_states(again)][-1] == "present"
+
+    missing = requests.post(f"{srv.url}/api/pulls", json={"repo": "tester/nope-GGUF"}, timeout=30)
+    assert missing.status_code == 404
+    assert "no such repository" in missing.json()["error"]["message"]
 
 
 def test_pull_can_be_cancelled_and_resumed(
-    hub: FakeHub, tmp_path: Path, engine_binary: EngineBinary
+    hub: FakeHub, hub_server: Server, tmp_path: Path
 ) -> None:
-    (tmp_path / "models").mkdir()
-    srv = start_server(
-        tmp_path,
-        tmp_path / "models",
-        engine_binary,
-        OFFGRID_DATA_DIR=str(tmp_path / "data"),
-        HF_ENDPOINT=hub.url,
-    )
-    try:
-        hub.rate = 20_000_000
-        body = {"repo": "tester/gemma-3-270m-it-GGUF", "stream": False}
-        pull = requests.post(f"{srv.url}/api/pulls", json=body, timeout=30).json()
-        assert pull["status"] in ("queued", "downloading")
+    srv = hub_server
+    hub.rate = 20_000_000
+    body = {"repo": "tester/gemma-3-270m-it-GGUF", "stream": False}
+    pull = requests.post(f"{srv.url}/api/pulls", json=body, timeout=30).json()
+    assert pull["status"] in ("queued", "downloading")
 
-        def state() -> dict[str, object]:
-            got: dict[str, object] = requests.get(
-                f"{srv.url}/api/pulls/{pull['id']}", timeout=10
-            ).json()
-            return got
+    def state() -> dict[str, object]:
+        got: dict[str, object] = requests.get(
+            f"{srv.url}/api/pulls/{pull['id']}", timeout=10
+        ).json()
+        return got
 
-        wait_for(lambda: int(str(state()["completed"])) > GEMMA.size // 4, 60, "a quarter")
-        requests.delete(f"{srv.url}/api/pulls/{pull['id']}", timeout=10)
-        wait_for(lambda: state()["status"] == "cancelled", 30, "the cancel")
-        kept = hub.served[GEMMA.file_name]
-        hub.rate = None
-        with requests.get(f"{srv.url}/api/pulls/{pull['id']}/events", stream=True) as resp:
-            assert [s["status"] for s in sse_states(resp)] == ["cancelled"]
-        with requests.post(
-            f"{srv.url}/api/pulls", json={**body, "stream": True}, stream=True, timeout=60
-        ) as resp:
-            assert sse_states(resp)[-1]["status"] == "done"
-        resumed_at = int(str(hub.requests[-1]["range"]).removeprefix("bytes=").rstrip("-"))
-        assert GEMMA.size // 4 < resumed_at and kept - resumed_at <= IN_FLIGHT
-        assert hub.served[GEMMA.file_name] - GEMMA.size == kept - resumed_at
-        assert sha256(tmp_path / "models" / GEMMA.file_name) == GEMMA.sha256
-    finally:
-        srv.stop()
+    wait_for(lambda: int(str(state()["completed"])) > GEMMA.size // 4, 60, "a quarter")
+    requests.delete(f"{srv.url}/api/pulls/{pull['id']}", timeout=10)
+    wait_for(lambda: state()["status"] == "cancelled", 30, "the cancel")
+    kept = hub.served[GEMMA.file_name]
+    hub.rate = None
+    with requests.get(f"{srv.url}/api/pulls/{pull['id']}/events", stream=True) as resp:
+        assert [s["status"] for s in sse_states(resp)] == ["cancelled"]
+    with requests.post(
+        f"{srv.url}/api/pulls", json={**body, "stream": True}, stream=True, timeout=60
+    ) as resp:
+        assert sse_states(resp)[-1]["status"] == "done"
+    resumed_at = int(str(hub.requests[-1]["range"]).removeprefix("bytes=").rstrip("-"))
+    assert GEMMA.size // 4 < resumed_at and kept - resumed_at <= IN_FLIGHT
+    assert hub.served[GEMMA.file_name] - GEMMA.size == kept - resumed_at
+    assert sha256(tmp_path / "models" / GEMMA.file_name) == GEMMA.sha256

@@ -311,3 +311,22 @@ def test_pull_from_the_hub_shows_live_progress(
         finally:
             context.close()
             srv.stop()
+
+
+def test_conversations_are_kept_renamed_and_deleted(page: Page, server: Server) -> None:
+    open_ui(page, server)
+    send(page, "Remember me", max_tokens=4)
+    wait_done(page)
+    page.click("#new-chat")
+    titles = page.locator("#conversations .title")
+    assert titles.all_text_contents() == ["New chat", "Remember me"]
+    page.get_by_label("Rename Remember me").click()
+    page.fill("#conversations input", "Field notes")
+    page.press("#conversations input", "Enter")
+    page.reload()
+    page.wait_for_selector("#conversations .title")
+    assert titles.all_text_contents() == ["New chat", "Field notes"]
+    titles.nth(1).click()
+    assert page.locator(".message.user .content").all_text_contents() == ["Remember me"]
+    page.get_by_label("Delete New chat").click()
+    assert titles.all_text_contents() == ["Field notes"]
