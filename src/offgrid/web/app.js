@@ -345,7 +345,6 @@ const chat = {
   busy(on) {
     $("#send").hidden = on;
     $("#stop").hidden = !on;
-    $("#prompt").disabled = false;
   },
 };
 
