@@ -108,7 +108,8 @@ def test_json_schema_output_validates(server: Server) -> None:
     resp = server.client().chat.completions.create(
         model=STARTER_ID,
         messages=[{"role": "user", "content": "Invent a person. Reply in JSON."}],
-        max_tokens=60,
+        max_tokens=200,  # greedy, with room: a sampled name once ran past 60 tokens
+        temperature=0,
         response_format={
             "type": "json_schema",
             "json_schema": {"name": "person", "schema": schema, "strict": True},

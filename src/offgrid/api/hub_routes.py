@@ -21,7 +21,7 @@ from offgrid.errors import BadRequestError
 from offgrid.hub import client
 from offgrid.hub.pulls import Pull, Pulls
 from offgrid.models import catalog
-from offgrid.resources import machine_fits, system_facts
+from offgrid.resources import system_facts
 
 __all__ = ["router"]
 
@@ -62,15 +62,8 @@ async def hub_search(
 async def catalog_models(request: Request) -> dict[str, Any]:
     """The model catalog, each quantization with the memory it needs and whether it fits."""
     settings: Settings = request.app.state.settings
-    entries = catalog.load(settings.data_dir)
     facts = await asyncio.to_thread(system_facts)
-    out = []
-    for entry in entries:
-        item = entry.as_dict()
-        for q in item["quants"]:
-            q["fits"] = machine_fits(q["ram_needed"], facts)
-        out.append(item)
-    return {"models": out}
+    return {"models": [e.as_dict(facts) for e in catalog.load(settings.data_dir)]}
 
 
 @router.post("/pulls", response_model=None)

@@ -133,11 +133,15 @@ class ProxyApp:
             status = await self._api(scope, receive, send)
             route = getattr(scope.get("route"), "path", "unmatched")  # a template, not the path
         else:
-            status = await self._proxied(scope, receive, send, required)
+            status = await self._proxied(scope, receive, send, required, began)
             route = scope["path"]
-        metrics: Metrics | None = getattr(self.state, "metrics", None)
-        if metrics is not None:
-            metrics.request(route, status, time.perf_counter() - began)
+        if self._metrics is not None:
+            self._metrics.request(route, status, time.perf_counter() - began)
+
+    @property
+    def _metrics(self) -> Metrics | None:
+        metrics: Metrics | None = getattr(self.state, "metrics", None)  # set by the lifespan
+        return metrics
 
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Let FastAPI answer; the status it sent."""
@@ -152,10 +156,12 @@ class ProxyApp:
         await self.api(scope, receive, watched)
         return status
 
-    async def _proxied(self, scope: Scope, receive: Receive, send: Send, required: str) -> int:
+    async def _proxied(
+        self, scope: Scope, receive: Receive, send: Send, required: str, began: float
+    ) -> int:
         """Relay a request to its engine; the status sent (499: the client left first)."""
         try:
-            return await self._proxy(scope, receive, send, required)
+            return await self._proxy(scope, receive, send, required, began)
         except OffGridError as exc:
             await _send_whole(send, exc.status, error_json(exc), exc.headers())
             return exc.status
@@ -168,11 +174,12 @@ class ProxyApp:
             return 500
 
     def _count(self, model: str, text: bytes, ttft: float | None) -> None:
-        metrics: Metrics | None = getattr(self.state, "metrics", None)
-        if metrics is not None:
-            metrics.completion(model, completion_facts(text), ttft)
+        if self._metrics is not None:
+            self._metrics.completion(model, completion_facts(text), ttft)
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, required: str) -> int:
+    async def _proxy(
+        self, scope: Scope, receive: Receive, send: Send, required: str, began: float
+    ) -> int:
         declared = 0
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -182,7 +189,6 @@ class ProxyApp:
         model = self.state.aliases.get(req.model, req.model)
         relay: Relay = self.state.relay
         path, stream = scope["path"], req.stream
-        began = time.perf_counter()
         target = client_transport(send) if stream else None
         if target is None:
             upstream = await relay.open(path, body, model, stream, keep_alive=req.keep_alive)

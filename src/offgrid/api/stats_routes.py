@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from offgrid.api.metrics import Metrics
 from offgrid.config import Settings
-from offgrid.resources import gpus
+from offgrid.resources import system_facts
 from offgrid.scheduler import Scheduler
 
 __all__ = ["router"]
@@ -46,16 +46,16 @@ async def stats(request: Request) -> dict[str, Any]:
 
 
 def _system(settings: Settings) -> dict[str, Any]:
-    mem = psutil.virtual_memory()
+    facts = system_facts()
     disk = shutil.disk_usage(settings.models_dir)
     return {
         "cpu_percent": psutil.cpu_percent(interval=None),  # since the previous call
-        "cpu_cores": psutil.cpu_count(logical=True) or 1,
+        "cpu_cores": facts.cpu_cores,
         "load_average": list(os.getloadavg()),
-        "ram_total": mem.total,
-        "ram_available": mem.available,
+        "ram_total": facts.ram_total,
+        "ram_available": facts.ram_available,
         "gpus": [
-            {"index": g.index, "name": g.name, "total": g.total, "free": g.free} for g in gpus()
+            {"index": g.index, "name": g.name, "total": g.total, "free": g.free} for g in facts.gpus
         ],
         "models_dir": str(settings.models_dir),
         "disk_total": disk.total,

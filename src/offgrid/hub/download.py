@@ -94,10 +94,7 @@ def fetch_model(
     todo = [(f, t) for f, t in zip(remote.files, targets, strict=True) if not _have(registry, f, t)]
     if not todo:
         return False
-    left = sum(
-        f.size - _partial(f, t).stat().st_size if _partial(f, t).exists() else f.size
-        for f, t in todo
-    )
+    left = sum(f.size - _size(_partial(f, t)) for f, t in todo)
     check_free_space(folder, left, what=remote.model_id)
     with requests.Session() as session:
         session.headers.update(auth_headers())
@@ -122,6 +119,13 @@ def _have(registry: Registry, hub_file: HubFile, target: Path) -> bool:
             f"is {hub_file.sha256[:16]}…). Remove it first (`offgrid remove`) or keep it."
         )
     return True
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _partial(hub_file: HubFile, target: Path) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 from offgrid.errors import BadRequestError, NotFoundError
 from offgrid.models.transfer import SHA256_HEX, atomic_writer
 from offgrid.placement import rough_need
+from offgrid.resources import SystemFacts, machine_fits
 
 __all__ = ["CatalogEntry", "CatalogFile", "CatalogQuant", "find", "load", "update"]
 
@@ -68,7 +69,9 @@ class CatalogEntry:
         have = ", ".join(q.name for q in self.quants)
         raise NotFoundError(f"The catalog has {self.id} in {have}, not in {wanted}.")
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, facts: SystemFacts) -> dict[str, Any]:
+        """The entry as ``/api/catalog`` and ``--json`` give it: each quantization with the
+        memory it needs and whether that fits this machine (``facts``)."""
         return {
             "id": self.id,
             "name": self.name,
@@ -84,6 +87,7 @@ class CatalogEntry:
                     "repo": q.repo,
                     "size": q.size,
                     "ram_needed": q.ram_needed,
+                    "fits": machine_fits(q.ram_needed, facts),
                     "files": [vars(f) for f in q.files],
                 }
                 for q in self.quants
