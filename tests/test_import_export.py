@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import wait_for
+from offgrid.atomic_files import copy_hashed
 from offgrid.config import load_settings
 from offgrid.errors import BadRequestError, IntegrityError, StorageError
 from offgrid.models.bundle import export_bundle
@@ -29,7 +30,6 @@ from offgrid.models.keys import Keys
 from offgrid.models.registry import Registry, Report
 from offgrid.models.sources import find_candidates
 from offgrid.models.starter import GEMMA, STARTER
-from offgrid.models.transfer import copy_hashed
 
 OFFGRID = [sys.executable, "-m", "offgrid"]
 
@@ -471,7 +471,7 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(
     assert result.stdout.strip() == "[]"  # nothing written
     # The check passed but the disk fills while writing: ENOSPC, and nothing is left.
     code = (
-        "import sys, offgrid.models.transfer as t; from pathlib import Path; "
+        "import sys, offgrid.atomic_files as t; from pathlib import Path; "
         "t.check_free_space = lambda *a, **k: None; "
         "dest = Path(sys.argv[2]) / 'm.gguf'\n"
         "try: t.copy_hashed(Path(sys.argv[1]), dest)\n"
@@ -571,7 +571,7 @@ def test_a_read_only_folder_is_scanned_in_place(node: Node, tmp_path: Path) -> N
 
 
 def test_read_back_compares_what_the_medium_holds_with_the_source(tmp_path: Path) -> None:
-    import offgrid.models.transfer as transfer
+    import offgrid.atomic_files as atomic_files
 
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(40 << 20))
@@ -581,5 +581,5 @@ def test_read_back_compares_what_the_medium_holds_with_the_source(tmp_path: Path
     lost = tmp_path / "lost.bin"  # a medium that dropped the end of the file
     lost.write_bytes(src.read_bytes()[: -(1 << 20)] + bytes(1 << 20))
     with src.open("rb") as a, lost.open("rb") as b:
-        assert not transfer._same_samples(a.fileno(), b.fileno(), src.stat().st_size)
-        assert transfer._same_samples(a.fileno(), a.fileno(), src.stat().st_size)
+        assert not atomic_files._same_samples(a.fileno(), b.fileno(), src.stat().st_size)
+        assert atomic_files._same_samples(a.fileno(), a.fileno(), src.stat().st_size)

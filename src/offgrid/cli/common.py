@@ -56,7 +56,7 @@ def print_columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None
 
 
 class _Bar:
-    """A ``transfer.Progress`` drawn as a rich bar per file, with speed and time left."""
+    """A ``atomic_files.Progress`` drawn as a rich bar per file, with speed and time left."""
 
     def __init__(self, bars: RichProgress) -> None:
         self.bars = bars

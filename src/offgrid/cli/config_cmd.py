@@ -11,9 +11,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from offgrid.atomic_files import atomic_writer
 from offgrid.cli.common import settings_from
 from offgrid.config import FIELDS, Settings, config_file_path, read_config_file
-from offgrid.models.transfer import atomic_writer
 
 
 def _as_file(settings: Settings) -> dict[str, dict[str, object]]:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from offgrid.atomic_files import ReadBack
 from offgrid.cli.common import (
     call_server,
     file_progress,
@@ -24,7 +25,6 @@ from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
 from offgrid.models.registry import Registry
 from offgrid.models.sources import find_candidates
-from offgrid.models.transfer import ReadBack
 
 _STYLE = {"imported": "green", "linked": "green", "skipped": "yellow", "refused": "red"}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from offgrid.config import Settings
 from offgrid.errors import ConfigError, EngineUnavailableError, SetupError
-from offgrid.fetch import Progress, fetch_package_file
+from offgrid.package_index import Progress, fetch_package_file
 from offgrid.resources import gpus
 
 __all__ = [

@@ -4,7 +4,7 @@ Each file is written to ``.NAME.SHA.download`` beside its destination (hidden: l
 skip it), kept across failures and runs: a broken transfer, or a killed process, resumes
 from where it stopped with an HTTP Range request, after hashing what is already there.
 While the bytes arrive, one thread hashes them and another flushes them to the disk (the
-pipeline of ``transfer.write_hashed``), so verifying costs no extra pass. Lost connections
+pipeline of ``atomic_files.write_hashed``), so verifying costs no extra pass. Lost connections
 are retried with backoff; the download gives up only after ``RETRIES`` attempts in a row
 that brought no byte. The file becomes a model only once its size and sha256 are those the
 Hub published for it (its LFS object id); a damaged file is discarded and nothing is
@@ -25,6 +25,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from offgrid.atomic_files import (
+    CHUNK,
+    NO_PROGRESS,
+    Progress,
+    check_free_space,
+    fsync_dir,
+    hash_file,
+    publish_new,
+    write_hashed,
+)
 from offgrid.errors import (
     BadRequestError,
     ConflictError,
@@ -35,16 +45,6 @@ from offgrid.errors import (
 )
 from offgrid.hub.client import TIMEOUT, HubFile, RemoteModel, auth_headers, endpoint, file_url
 from offgrid.models.bundle import safe_file_name
-from offgrid.models.transfer import (
-    CHUNK,
-    NO_PROGRESS,
-    Progress,
-    check_free_space,
-    fsync_dir,
-    hash_file,
-    publish_new,
-    write_hashed,
-)
 
 if TYPE_CHECKING:
     import requests

@@ -169,7 +169,7 @@ class Pulls:
 
 
 class _Progress:
-    """``transfer.Progress`` for a pull: counts bytes over all its files and asks for an
+    """``atomic_files.Progress`` for a pull: counts bytes over all its files and asks for an
     event at most every ``EVERY`` seconds (called from the download's thread)."""
 
     def __init__(self, pull: Pull, changed: Any) -> None:

@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from offgrid import __version__
-from offgrid.errors import BadRequestError
-from offgrid.models.keys import Keys, signature_key
-from offgrid.models.registry import ModelInfo, Registry
-from offgrid.models.transfer import (
+from offgrid.atomic_files import (
     NO_PROGRESS,
     SHA256_HEX,
     Progress,
@@ -36,6 +33,9 @@ from offgrid.models.transfer import (
     copy_hashed,
     hash_file,
 )
+from offgrid.errors import BadRequestError
+from offgrid.models.keys import Keys, signature_key
+from offgrid.models.registry import ModelInfo, Registry
 
 __all__ = ["BUNDLE_DIR", "BundleEntry", "export_bundle", "find_manifest", "read_bundle"]
 
@@ -122,7 +122,7 @@ def export_bundle(
 
     Space is checked first; each file is copied and hashed in one pass and checked against
     the hash recorded for it; then ``read_back`` checks what the medium holds (sampled by
-    default: ``transfer.copy_hashed``). A file
+    default: ``atomic_files.copy_hashed``). A file
     already there with the right hash is kept, so an interrupted export can be rerun.
     """
     models = [registry.get(i) for i in ids]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from offgrid.atomic_files import SHA256_HEX, atomic_writer
 from offgrid.errors import BadRequestError, NotFoundError
-from offgrid.models.transfer import SHA256_HEX, atomic_writer
 from offgrid.placement import rough_need
 from offgrid.resources import SystemFacts, machine_fits
 

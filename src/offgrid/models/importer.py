@@ -1,7 +1,7 @@
 """``offgrid import``: bring models in from a file, a folder, a bundle or another tool.
 
 Each file is checked to be a whole GGUF model, then either copied into the models folder
-(one pass that copies and hashes, published only once verified: ``transfer``) or, with
+(one pass that copies and hashes, published only once verified: ``atomic_files``) or, with
 ``link``, registered where it lies. A file whose hash is already installed is skipped; a
 name taken by a different model is refused, never overwritten. Copies left by a killed
 import are removed when the next one starts.
@@ -11,12 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from offgrid.errors import BadRequestError, IntegrityError, OffGridError
-from offgrid.models.bundle import safe_file_name
-from offgrid.models.gguf_meta import read_gguf_info
-from offgrid.models.registry import ModelInfo, Registry, Report
-from offgrid.models.sources import Candidate, Found
-from offgrid.models.transfer import (
+from offgrid.atomic_files import (
     NO_PROGRESS,
     Progress,
     clean_partials,
@@ -24,6 +19,11 @@ from offgrid.models.transfer import (
     damaged,
     hash_file,
 )
+from offgrid.errors import BadRequestError, IntegrityError, OffGridError
+from offgrid.models.bundle import safe_file_name
+from offgrid.models.gguf_meta import read_gguf_info
+from offgrid.models.registry import ModelInfo, Registry, Report
+from offgrid.models.sources import Candidate, Found
 
 __all__ = ["import_found"]
 

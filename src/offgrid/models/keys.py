@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from offgrid.atomic_files import atomic_writer
 from offgrid.errors import BadRequestError, IntegrityError
-from offgrid.models.transfer import atomic_writer
 
 __all__ = ["Keys", "canonical", "signature_key"]
 

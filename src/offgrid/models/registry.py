@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from offgrid.atomic_files import NO_PROGRESS, Progress, hash_file
 from offgrid.errors import (
     ConflictError,
     IntegrityError,
@@ -44,7 +45,6 @@ from offgrid.errors import (
     StorageError,
 )
 from offgrid.models.gguf_meta import GGUFInfo, IncompleteGGUFError, read_gguf_info
-from offgrid.models.transfer import NO_PROGRESS, Progress, hash_file
 
 if TYPE_CHECKING:
     from offgrid.config import Settings

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from offgrid.atomic_files import SHA256_HEX
 from offgrid.errors import BadRequestError
 from offgrid.models.bundle import find_manifest, read_bundle, safe_file_name
 from offgrid.models.keys import Keys
-from offgrid.models.transfer import SHA256_HEX
 
 __all__ = ["Candidate", "Found", "find_candidates"]
 

