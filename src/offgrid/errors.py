@@ -3,7 +3,8 @@
     OffGridError                     500 server_error
     ├── ConfigError                  500 server_error      (bad settings or config file)
     ├── BadRequestError              400 invalid_request_error
-    │   └── PayloadTooLargeError     413 invalid_request_error
+    │   ├── PayloadTooLargeError     413 invalid_request_error
+    │   └── IncompleteGGUFError      400 invalid_request_error (a GGUF file cut short)
     ├── NotFoundError                404 invalid_request_error / not_found
     │   └── ModelNotFoundError       404 invalid_request_error / model_not_found
     ├── IntegrityError               409 invalid_request_error / integrity_check_failed
@@ -15,6 +16,7 @@
     │       └── InsufficientMemoryError  (the model cannot fit even alone)
     ├── StorageError                 507 server_error      (disk full, unwritable folder)
     ├── UnreachableError             503 server_error      (the Hub cannot be reached: offline)
+    ├── Cancelled                    499 invalid_request_error / cancelled (a pull stopped)
     └── SetupError                   500 server_error      (engine build, model fetch)
 
 Each class carries its HTTP status and OpenAI error type; the API maps the base class
@@ -23,17 +25,16 @@ once (``offgrid.api.errors``), the CLI prints ``str(error)``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from offgrid.placement import Memory
+from typing import Protocol
 
 __all__ = [
     "BadRequestError",
+    "Cancelled",
     "ConfigError",
     "ConflictError",
     "EngineError",
     "EngineUnavailableError",
+    "IncompleteGGUFError",
     "InsufficientMemoryError",
     "IntegrityError",
     "ModelNotFoundError",
@@ -82,6 +83,10 @@ class BadRequestError(OffGridError):
 class PayloadTooLargeError(BadRequestError):
     status = 413
     code = "request_too_large"
+
+
+class IncompleteGGUFError(BadRequestError):
+    """The file starts like GGUF but ends early: still being copied, or truncated."""
 
 
 class NotFoundError(OffGridError):
@@ -137,6 +142,14 @@ class UnreachableError(OffGridError):
     code = "unreachable"
 
 
+class Cancelled(OffGridError):
+    """A download was stopped on request; its partial file stays, to resume later."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "cancelled"
+
+
 class EngineError(OffGridError):
     """The engine answered badly or the connection to it broke."""
 
@@ -156,12 +169,19 @@ class EngineUnavailableError(EngineError):
         return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
 
 
+class _Amount(Protocol):
+    """An amount of memory that can say itself (``placement.Memory``); a protocol, so that
+    this module imports nothing of OffGrid's."""
+
+    def describe(self) -> str: ...
+
+
 class InsufficientMemoryError(EngineUnavailableError):
     """The model needs more memory than the machine can give, even with others unloaded."""
 
     code = "insufficient_memory"
 
-    def __init__(self, need: Memory, available: Memory) -> None:
+    def __init__(self, need: _Amount, available: _Amount) -> None:
         super().__init__(
             f"This model needs about {need.describe()} and at most "
             f"{available.describe()} can be made available. Use a smaller quantization, "

@@ -37,10 +37,10 @@ from offgrid.atomic_files import (
 )
 from offgrid.errors import (
     BadRequestError,
+    Cancelled,
     ConflictError,
     IntegrityError,
     NotFoundError,
-    OffGridError,
     UnreachableError,
 )
 from offgrid.hub.client import TIMEOUT, HubFile, RemoteModel, auth_headers, endpoint, file_url
@@ -51,19 +51,11 @@ if TYPE_CHECKING:
 
     from offgrid.models.registry import Registry
 
-__all__ = ["RETRIES", "Cancelled", "fetch_model"]
+__all__ = ["RETRIES", "fetch_model"]
 
 RETRIES = 8
 _BACKOFF_MAX = 30.0
 _READ = 1 << 20  # bytes per read from the socket: what a lost connection can cost
-
-
-class Cancelled(OffGridError):
-    """The download was stopped on request; its partial file stays, to resume later."""
-
-    status = 499
-    type = "invalid_request_error"
-    code = "cancelled"
 
 
 def _quiet(_message: str) -> None:

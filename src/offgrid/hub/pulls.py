@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from offgrid.errors import NotFoundError, OffGridError
+from offgrid.errors import Cancelled, NotFoundError, OffGridError
 from offgrid.hub.client import RemoteModel
-from offgrid.hub.download import Cancelled, fetch_model
+from offgrid.hub.download import fetch_model
 from offgrid.models.registry import Registry
 
 __all__ = ["FINAL", "Pull", "Pulls"]

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from offgrid.errors import BadRequestError
+from offgrid.errors import BadRequestError, IncompleteGGUFError
 
-__all__ = ["GGUFInfo", "IncompleteGGUFError", "read_gguf_info"]
+__all__ = ["GGUFInfo", "read_gguf_info"]
 
 # The GGUF value types (fixed by the format: gguf.GGUFValueType) and how scalars unpack.
 _STRING, _ARRAY = 8, 9
@@ -137,10 +137,6 @@ class _Cursor:
                     self.value(etype)
             return _Array(count)
         return self.unpack(_SCALARS[vtype])
-
-
-class IncompleteGGUFError(BadRequestError):
-    """The file starts like GGUF but ends early: still being copied, or truncated."""
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:

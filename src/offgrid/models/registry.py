@@ -39,12 +39,13 @@ from typing import TYPE_CHECKING, Any
 from offgrid.atomic_files import NO_PROGRESS, Progress, hash_file
 from offgrid.errors import (
     ConflictError,
+    IncompleteGGUFError,
     IntegrityError,
     ModelNotFoundError,
     OffGridError,
     StorageError,
 )
-from offgrid.models.gguf_meta import GGUFInfo, IncompleteGGUFError, read_gguf_info
+from offgrid.models.gguf_meta import GGUFInfo, read_gguf_info
 
 if TYPE_CHECKING:
     from offgrid.config import Settings
