@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Set up OffGrid with its test tools and run the whole suite: lint, types, unit tests, and
-# end-to-end tests with the real engine and models. Arguments go to pytest.
+# Set up OffGrid with its test tools and run the whole suite: lint, format and strict types
+# first (fail fast, before anything is built), then unit tests and end-to-end tests with the
+# real engine and models. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/bootstrap.sh
 bootstrap "[dev]"
+echo "== Lint, format, types"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 .venv/bin/offgrid setup --no-model
 chromium="${OFFGRID_CHROMIUM:-/usr/bin/chromium}"
 if [ ! -x "$chromium" ]; then  # the dashboard's tests drive a real browser

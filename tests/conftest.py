@@ -11,8 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +22,17 @@ import openai
 import psutil
 import pytest
 import requests
+import uvicorn
 
-from offgrid.config import load_settings
+from offgrid.api.app import create_app
+from offgrid.config import Settings, load_settings
 from offgrid.engine.build import EngineBinary, build_engine, detect_backend, find_engine
 from offgrid.engine.process import free_port
 from offgrid.errors import EngineUnavailableError
 from offgrid.models.starter import GEMMA, STARTER, place_model
 
 REAL_ENV = dict(os.environ)
+FAKE_ENGINE = str(Path(__file__).with_name("fake_engine.py"))
 STARTER_ID = STARTER.model_id
 GEMMA_ID = GEMMA.model_id
 
@@ -197,3 +202,30 @@ def llama_server_pids() -> set[int]:
         if p.info["name"] == "llama-server" or (cmd and cmd[0].endswith("llama-server")):
             pids.add(p.pid)
     return pids
+
+
+@contextmanager
+def serve_in_thread(settings: Settings, http: str = "httptools") -> Iterator[str]:
+    """``create_app(settings)`` under uvicorn in a thread of this process; its URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), port=port, http=http, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def fake_engine_settings(tmp: Path, models: Path, **env: str) -> Settings:
+    """Settings for a server whose engine is ``fake_engine.py`` (fast, for wiring tests)."""
+    base = {
+        "HOME": str(tmp),
+        "OFFGRID_MODELS_DIR": str(models),
+        "OFFGRID_CACHE_DIR": str(tmp / "cache"),
+        "OFFGRID_LLAMA_SERVER": FAKE_ENGINE,
+    }
+    return load_settings({**base, **env})

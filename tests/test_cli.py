@@ -6,11 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
+import pytest
 
-from conftest import GEMMA_ID, STARTER_ID, Server
+from conftest import (
+    GEMMA_ID,
+    STARTER_ID,
+    Server,
+    fake_engine_settings,
+    link_models,
+    serve_in_thread,
+)
+from offgrid.cli import COMMANDS, app
 from offgrid.engine.build import EngineBinary
 
 OFFGRID = [sys.executable, "-m", "offgrid"]
@@ -138,3 +148,69 @@ def test_ps_load_and_stop(server: Server) -> None:
     assert "unloaded" in run_cli("stop", GEMMA_ID, env=server.env).stdout
     proc = run_cli("ps", env=server.env)
     assert GEMMA_ID not in proc.stdout
+
+
+# -- start-up: each command imports its own module only ---------------------------------
+def test_each_command_loads_under_its_help_line() -> None:
+    for name, (_target, line) in COMMANDS.items():
+        command = app.commands[name].real  # type: ignore[attr-defined]
+        assert command.name == name
+        assert command.help.startswith(line) and command.help.count(line) == 1, name
+
+
+def modules_after(*args: str, tmp_path: Path) -> set[str]:
+    """The modules imported by the time ``offgrid ARGS`` exits."""
+    out = tmp_path / "modules.txt"
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(out)!r}, 'w').write(' '.join(sys.modules)))\n"
+        f"sys.argv = ['offgrid', *{list(args)!r}]\n"
+        "from offgrid.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "OFFGRID_MODELS_DIR": str(tmp_path / "models")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return set(out.read_text().split())
+
+
+def test_help_and_list_import_only_what_they_use(tmp_path: Path) -> None:
+    """`offgrid --help` imports no command module, `offgrid list` only its own, and
+    neither imports an HTTP, server or validation library: each costs the start tens of ms."""
+    heavy = {"httpx2", "aiohttp", "uvicorn", "fastapi", "pydantic", "huggingface_hub", "psutil"}
+    shown = modules_after("--help", tmp_path=tmp_path)
+    assert not {m for m in shown if m.startswith("offgrid.cli.")}
+    listed = modules_after("list", tmp_path=tmp_path)
+    commands = {m for m in listed if m.startswith("offgrid.cli.")}
+    assert commands == {"offgrid.cli.models", "offgrid.cli.common"}
+    assert not heavy & (shown | listed)
+
+
+# -- the client, against a server whose engine is the fake one ---------------------------
+@pytest.fixture
+def fake_served(tmp_path: Path, model_store: Path) -> Iterator[dict[str, str]]:
+    """A server in this process over the fake engine; the env that points the CLI at it."""
+    models = link_models(model_store, tmp_path / "m", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"})
+    with serve_in_thread(fake_engine_settings(tmp_path, models)) as url:
+        port = url.rsplit(":", 1)[1]
+        yield {**os.environ, "OFFGRID_PORT": port, "OFFGRID_MODELS_DIR": str(tmp_path / "none")}
+
+
+def test_client_commands_reach_the_running_server(fake_served: dict[str, str]) -> None:
+    proc = run_cli("run", STARTER_ID, env=fake_served, stdin="Hello!\nclear\nAgain?\nexit\n")
+    assert proc.returncode == 0, proc.stderr
+    before, after = proc.stdout.split("[history cleared]")
+    assert before.strip() and after.strip()
+    proc = run_cli("run", "nope", env=fake_served, stdin="hi\n")
+    assert proc.returncode == 1 and "nope" in proc.stderr and STARTER_ID in proc.stderr
+    assert "loaded" in run_cli("load", STARTER_ID, env=fake_served).stdout
+    assert STARTER_ID in run_cli("ps", env={**fake_served, "COLUMNS": "200"}).stdout
+    assert "unloaded" in run_cli("stop", STARTER_ID, env=fake_served).stdout
+    proc = run_cli("load", "nope", env=fake_served)
+    assert proc.returncode == 1 and "nope" in proc.stderr
+
+
+def test_remove_without_a_server_removes_locally(tmp_path: Path) -> None:
+    env = {**os.environ, "OFFGRID_PORT": "1", "OFFGRID_MODELS_DIR": str(tmp_path / "models")}
+    proc = run_cli("remove", "nope", env=env)  # no server answers: the registry is asked
+    assert proc.returncode == 1 and "nope" in proc.stderr and "No OffGrid server" not in proc.stderr

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from offgrid.api.app import engine_options, plan_placement, scheduler_policy
 from offgrid.config import load_settings
 from offgrid.engine import build
 from offgrid.engine.build import EngineBinary, plan_build
+from offgrid.engine.plan import engine_options, plan_placement, scheduler_policy
 from offgrid.engine.process import EngineOptions, build_argv, engine_env
 from offgrid.errors import EngineUnavailableError
 from offgrid.models.registry import ModelInfo

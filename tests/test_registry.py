@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import offgrid.models.registry as registry_mod
+import offgrid.models.scan as scan_mod
 from conftest import GEMMA_ID, STARTER_ID, link_models
 from offgrid.errors import ModelNotFoundError
 from offgrid.models.gguf_meta import read_gguf_info
@@ -45,13 +45,13 @@ def test_listing_never_rereads_unchanged_files(
     models: Path, tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Path] = []
-    real = registry_mod.read_gguf_info
+    real = scan_mod.read_gguf_info
 
     def counting(path: Path) -> object:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(registry_mod, "read_gguf_info", counting)
+    monkeypatch.setattr(scan_mod, "read_gguf_info", counting)
     (models / STARTER.file_name).unlink()  # a copy, not a link: its mtime changes below
     shutil.copy(model_store / STARTER.file_name, models / STARTER.file_name)
     Registry([models], tmp_path / "index.sqlite").list()

@@ -6,44 +6,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-import uvicorn
 
-from conftest import STARTER_ID, link_models, stream_data, wait_for
-from offgrid.api.app import create_app
-from offgrid.config import load_settings
-from offgrid.engine.process import free_port
-
-FAKE = str(Path(__file__).with_name("fake_engine.py"))
+from conftest import STARTER_ID, fake_engine_settings, link_models, serve_in_thread, stream_data
 
 
 @pytest.fixture(params=["httptools", "h11"])
 def relay_url(request: pytest.FixtureRequest, tmp_path: Path, model_store: Path) -> Iterator[str]:
     models = link_models(model_store, tmp_path / "m", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"})
-    settings = load_settings(
-        {
-            "HOME": str(tmp_path),
-            "OFFGRID_MODELS_DIR": str(models),
-            "OFFGRID_CACHE_DIR": str(tmp_path / "cache"),
-            "OFFGRID_LLAMA_SERVER": FAKE,
-        }
-    )
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), port=port, http=request.param, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, "uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(fake_engine_settings(tmp_path, models), request.param) as url:
+        yield url
 
 
 def sse_events(url: str, **body: object) -> list[dict[str, object]]:

@@ -1,17 +1,22 @@
-"""Engine supervision: crashes are survived, and stopping the server leaves no child."""
+"""Engine supervision: an engine's states through start, stop and crash (on the fake
+engine), crashes survived by the server, and stopping the server leaves no child."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import (
+    FAKE_ENGINE,
     STARTER_ID,
     Server,
     link_models,
@@ -21,8 +26,83 @@ from conftest import (
     wait_for,
 )
 from offgrid.engine.build import EngineBinary
+from offgrid.engine.process import Engine, EngineOptions, EngineState
+from offgrid.errors import EngineUnavailableError
+from offgrid.models.registry import ModelInfo
 
 HELLO = [{"role": "user", "content": "Hi"}]
+
+
+async def start_fake(tmp_path: Path, timeout: float = 10.0) -> Engine:
+    """``Engine.start`` on ``fake_engine.py`` (its mode from FAKE_ENGINE_MODE)."""
+    model = ModelInfo("fake", tmp_path / "fake.gguf", 1, 0.0, None)
+    binary = EngineBinary(Path(FAKE_ENGINE), "cpu", "OFFGRID_LLAMA_SERVER")
+    options = EngineOptions(threads=1)
+    return await Engine.start(binary, model, options, log_dir=tmp_path, timeout=timeout)
+
+
+def test_engine_states_through_stop_and_crash(tmp_path: Path) -> None:
+    async def main() -> None:
+        engine = await start_fake(tmp_path)
+        assert engine.state is EngineState.READY and engine.alive
+        await engine.stop()
+        await engine.stop()  # idempotent
+        assert json.dumps({"state": engine.state}) == '{"state": "stopped"}'
+        assert not engine.alive
+        with pytest.raises(RuntimeError, match="no transition stopped → ready"):
+            engine._move(EngineState.READY)
+
+        crashed = await start_fake(tmp_path)
+        exits: list[Engine] = []
+        crashed.on_exit = exits.append
+        os.kill(crashed.pid or 0, signal.SIGKILL)
+        assert await crashed.wait_exited(10)
+        assert crashed.state is EngineState.EXITED and crashed.exit_reason == "signal 9"
+        assert exits == [crashed]
+        await crashed.stop()
+        assert crashed.state is EngineState.STOPPED
+
+    asyncio.run(main())
+
+
+def test_engine_that_ignores_sigterm_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_ENGINE_MODE", "ignore-sigterm")
+
+    async def main() -> None:
+        engine = await start_fake(tmp_path)
+        await engine.stop(grace=0.2)
+        assert engine.state is EngineState.STOPPED and not engine.alive
+        assert engine.proc is not None and engine.proc.returncode == -signal.SIGKILL
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("mode", "timeout", "error"),
+    [
+        ("crash-on-load", 30.0, "exited while loading"),
+        ("hang-on-load", 0.5, "did not become ready"),
+    ],
+)
+def test_engine_that_fails_to_load_fails_its_start(
+    mode: str, timeout: float, error: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_ENGINE_MODE", mode)
+    with pytest.raises(EngineUnavailableError, match=error):
+        asyncio.run(start_fake(tmp_path, timeout=timeout))
+    assert processes_using(tmp_path) == set()
+
+
+def processes_using(folder: Path) -> set[int]:
+    """Processes with a file in ``folder`` on their command line: a test's own engines,
+    not those of another run on the same machine."""
+    return {
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any(arg.startswith(f"{folder}/") for arg in p.info["cmdline"] or [])
+    }
 
 
 def test_engine_killed_then_next_request_succeeds(server: Server) -> None:
@@ -72,15 +152,14 @@ def test_stopping_serve_leaves_no_engine(
     models = link_models(
         model_store, tmp_path / "models", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"}
     )
-    before = llama_server_pids()
     srv = start_server(tmp_path, models, engine_binary)
     srv.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
     child = srv.engine_pid(STARTER_ID)
-    assert child in llama_server_pids()
+    assert child in llama_server_pids() & processes_using(models)
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells it
     assert srv.stop(sig) in (0, -sig, 128 + sig)
     assert "engine for" in srv.log.read_text() and "stopped" in srv.log.read_text()
-    assert llama_server_pids() - before == set()
+    assert processes_using(models) == set()
 
 
 def test_engine_dies_with_a_killed_server(

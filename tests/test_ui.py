@@ -17,8 +17,9 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
-from conftest import GEMMA_ID, STARTER_ID, Server, start_server, wait_for
+from conftest import GEMMA_ID, STARTER_ID, Server, link_models, start_server, wait_for
 from fake_hub import FakeHub
+from offgrid.auth.keys import KeyStore
 from offgrid.engine.build import EngineBinary
 from offgrid.models.starter import STARTER
 
@@ -330,3 +331,35 @@ def test_conversations_are_kept_renamed_and_deleted(page: Page, server: Server) 
     assert page.locator(".message.user .content").all_text_contents() == ["Remember me"]
     page.get_by_label("Delete New chat").click()
     assert titles.all_text_contents() == ["Field notes"]
+
+
+def test_dashboard_asks_for_a_key_and_keeps_it_in_the_tab(
+    browser: Browser, tmp_path: Path, model_store: Path, engine_binary: EngineBinary
+) -> None:
+    """With API keys on (issue 15), the page asks for one, says when it is refused, and keeps
+    the good one in sessionStorage (not localStorage) for the tab's later calls."""
+    data = tmp_path / "data"
+    key = KeyStore(data / "api-keys.json").create("dashboard", "read")
+    models = link_models(model_store, tmp_path / "models", {SMOL: SMOL})
+    srv = start_server(tmp_path, models, engine_binary, OFFGRID_DATA_DIR=str(data))
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    listed = f"#models-table tbody tr:has-text('{STARTER_ID}')"
+    try:
+        page.goto(f"{srv.url}/ui#models")
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#api-key", "og-wrong")
+        page.click("#key-submit")
+        page.wait_for_selector("#key-dialog[open] #key-note:has-text('refused')")
+        page.fill("#api-key", key)
+        page.click("#key-submit")
+        page.wait_for_selector(listed)
+        assert page.evaluate("sessionStorage.getItem('offgrid-api-key')") == key
+        assert page.evaluate("localStorage.getItem('offgrid-api-key')") is None
+        page.reload()
+        page.wait_for_selector(listed)
+        assert not page.is_visible("#key-dialog")
+    finally:
+        context.close()
+        srv.stop()

@@ -80,6 +80,8 @@ class Settings:
     pinned_models: str = ""
     model_aliases: str = ""
     model_settings: str = ""
+    insecure_no_auth: bool = False
+    api_key: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, **values: Any) -> Settings:
@@ -100,9 +102,13 @@ class Settings:
     def as_rows(self) -> list[tuple[str, str, str, str]]:
         """(env name, value, source, meaning) for every setting, for display."""
         return [
-            (s.env, str(getattr(self, s.name)), self.sources.get(s.name, "default"), s.help)
+            (s.env, self._shown(s.name), self.sources.get(s.name, "default"), s.help)
             for s in FIELDS
         ]
+
+    def _shown(self, name: str) -> str:
+        value = str(getattr(self, name))
+        return "(set, hidden)" if name in SECRETS and value else value
 
 
 FIELDS: tuple[Setting, ...] = (
@@ -202,7 +208,21 @@ FIELDS: tuple[Setting, ...] = (
         "models.settings",
         "Per-model context_size, parallel, threads, gpu_layers, extra_args (JSON in env)",
     ),
+    Setting(
+        "insecure_no_auth",
+        "OFFGRID_INSECURE_NO_AUTH",
+        "server.insecure_no_auth",
+        "Serve beyond loopback with no API key (anyone on the network may use it)",
+    ),
+    Setting(
+        "api_key",
+        "OFFGRID_API_KEY",
+        "client.api_key",
+        "The API key the offgrid CLI sends to the server (never printed)",
+    ),
 )
+
+SECRETS = frozenset({"api_key"})  # never printed or logged
 
 MODEL_SETTING_KEYS = {"context_size", "parallel", "threads", "gpu_layers", "extra_args"}
 
@@ -285,6 +305,8 @@ _TYPES: dict[str, type] = {f.name: f.type for f in fields(Settings)}  # type: ig
 
 def _coerce(name: str, value: Any) -> Any:
     kind = _TYPES[name]
+    if kind in ("bool", bool):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     if kind in ("Path", Path):
         return Path(os.path.expanduser(str(value)))
     if kind in ("int", int):

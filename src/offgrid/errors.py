@@ -5,6 +5,10 @@
     ├── BadRequestError              400 invalid_request_error
     │   ├── PayloadTooLargeError     413 invalid_request_error
     │   └── IncompleteGGUFError      400 invalid_request_error (a GGUF file cut short)
+    ├── AuthenticationError          401 invalid_request_error / invalid_api_key
+    │                                    (no key, a wrong, revoked or expired one)
+    ├── PermissionDeniedError        403 invalid_request_error / permission_denied
+    │                                    (a read-only key on an admin route)
     ├── NotFoundError                404 invalid_request_error / not_found
     │   └── ModelNotFoundError       404 invalid_request_error / model_not_found
     ├── IntegrityError               409 invalid_request_error / integrity_check_failed
@@ -28,6 +32,7 @@ from __future__ import annotations
 from typing import Protocol
 
 __all__ = [
+    "AuthenticationError",
     "BadRequestError",
     "Cancelled",
     "ConfigError",
@@ -42,6 +47,7 @@ __all__ = [
     "OffGridError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "SetupError",
     "StorageError",
     "UnreachableError",
@@ -87,6 +93,25 @@ class PayloadTooLargeError(BadRequestError):
 
 class IncompleteGGUFError(BadRequestError):
     """The file starts like GGUF but ends early: still being copied, or truncated."""
+
+
+class AuthenticationError(OffGridError):
+    """The request has no valid API key, and this server requires one."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDeniedError(OffGridError):
+    """The key is valid but may not do this (a read-only key on an admin route)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
 
 
 class NotFoundError(OffGridError):

@@ -39,16 +39,19 @@ def _file_stem(project: str, version: str) -> str:
 
 def _find_file(project: str, version: str, suffix: str) -> tuple[str, str, str]:
     """(filename, url, sha256) of ``project==version`` ending in ``suffix``, from the index."""
-    import requests  # lazily: importing it costs every `offgrid` command 90 ms
+    import httpx2  # lazily: importing it costs every `offgrid` command 150 ms or more
 
     url = f"{_index_url()}/{_normalize(project)}/"
     try:
-        resp = requests.get(
-            url, headers={"Accept": "application/vnd.pypi.simple.v1+json"}, timeout=60
+        resp = httpx2.get(
+            url,
+            headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+            timeout=60,
+            follow_redirects=True,
         )
         resp.raise_for_status()
         files = resp.json()["files"]
-    except (requests.RequestException, ValueError, KeyError) as exc:
+    except (httpx2.HTTPError, ValueError, KeyError) as exc:
         raise SetupError(f"Cannot read the package index at {url}: {exc}") from exc
     stem = _file_stem(project, version)
     for entry in files:
@@ -71,7 +74,7 @@ def fetch_package_file(
 
     ``sha256`` pins the expected hash; otherwise the index's published hash is checked.
     """
-    import requests
+    import httpx2
 
     stem = _file_stem(project, version)
     for cached in sorted(dest_dir.glob(f"{stem}*{suffix}")) if dest_dir.is_dir() else []:
@@ -82,12 +85,12 @@ def fetch_package_file(
     target = dest_dir / name
     digest = hashlib.sha256()
     try:
-        with requests.get(url, stream=True, timeout=60) as resp:
+        with httpx2.stream("GET", url, timeout=60, follow_redirects=True) as resp:
             resp.raise_for_status()
             total = int(resp.headers.get("Content-Length") or 0) or None
             done = 0
             with atomic_writer(target) as out:
-                for block in resp.iter_content(_CHUNK):
+                for block in resp.iter_bytes(_CHUNK):
                     out.write(block)
                     digest.update(block)
                     done += len(block)
@@ -98,6 +101,6 @@ def fetch_package_file(
                         f"{name} failed verification: sha256 {digest.hexdigest()}, "
                         f"expected {expected}. The download was discarded."
                     )
-    except requests.RequestException as exc:
+    except httpx2.HTTPError as exc:
         raise SetupError(f"Download of {name} from {url} failed: {exc}") from exc
     return target

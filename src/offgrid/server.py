@@ -1,27 +1,26 @@
-"""Run the HTTP server: uvicorn with uvloop and httptools, set explicitly.
+"""Run the HTTP server: uvicorn with uvloop and httptools, set explicitly, and systemd told.
 
 Without uvloop/httptools uvicorn silently falls back to a pure-Python server (+0.5 ms per
 request, +20 % CPU, DESIGN.md decision 4). Its 5 s keep-alive would race with clients
-reusing connections, so it is raised well above that.
+reusing connections, so it is raised well above that. Under systemd (``Type=notify``) the
+server says READY once it listens, pings the watchdog from its event loop and says
+STOPPING when it begins to shut down; elsewhere those calls do nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import socket
 
-import requests
 import uvicorn
 
 from offgrid.api.app import create_app
+from offgrid.auth.guard import refuse_open_exposure
 from offgrid.config import Settings
-from offgrid.engine.process import free_port
-from offgrid.errors import EngineUnavailableError
+from offgrid.service.notify import notify, watchdog, watchdog_interval
 
-__all__ = ["api_url", "configure_logging", "make_server"]
+__all__ = ["configure_logging", "make_server"]
 
 
 def configure_logging(level: str) -> None:
@@ -30,8 +29,38 @@ def configure_logging(level: str) -> None:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling systemd when it is ready and when it stops."""
+
+    _stop_pings: asyncio.Event | None = None
+    _pinger: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return  # startup failed: uvicorn exits, systemd sees the failure
+        host, port = self.config.host, self.config.port
+        notify("READY=1", f"STATUS=Serving on http://{host}:{port}")
+        interval = watchdog_interval()
+        if interval is not None:
+            self._stop_pings = asyncio.Event()
+            self._pinger = asyncio.create_task(watchdog(interval, self._stop_pings))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        notify("STOPPING=1", "STATUS=Stopping the engines")
+        if self._stop_pings is not None and self._pinger is not None:
+            self._stop_pings.set()
+            await self._pinger
+        await super().shutdown(sockets)
+
+
 def make_server(settings: Settings) -> uvicorn.Server:
-    """A uvicorn server for ``settings``; ``.run()`` blocks until SIGINT/SIGTERM."""
+    """A uvicorn server for ``settings``; ``.run()`` blocks until SIGINT/SIGTERM.
+
+    Refuses (ConfigError) to serve beyond loopback while no API key exists, unless
+    ``OFFGRID_INSECURE_NO_AUTH`` says to.
+    """
+    refuse_open_exposure(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -43,38 +72,4 @@ def make_server(settings: Settings) -> uvicorn.Server:
         timeout_graceful_shutdown=10,
         log_level=settings.log_level.lower(),
     )
-    return uvicorn.Server(config)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-@contextmanager
-def api_url(settings: Settings) -> Iterator[str]:
-    """The URL of a running OffGrid server, or of one started in a thread until exit.
-
-    The in-process server listens on a free loopback port and stops its engines when the
-    block ends, so ``offgrid run`` works with or without ``offgrid serve``.
-    """
-    url = f"http://{settings.host}:{settings.port}"
-    if _healthy(url):
-        yield url
-        return
-    port = free_port()
-    server = make_server(settings.with_overrides(host="127.0.0.1", port=port))
-    thread = threading.Thread(target=server.run, name="offgrid-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise EngineUnavailableError("Could not start the in-process OffGrid server.")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    return _Server(config)

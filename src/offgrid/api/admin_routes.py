@@ -6,16 +6,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 
-from offgrid.config import Settings, parse_duration
+from offgrid.api.deps import RuntimeDep
+from offgrid.config import parse_duration
 from offgrid.errors import BadRequestError, ConfigError, ConflictError
 from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
-from offgrid.models.registry import Registry
 from offgrid.models.sources import find_candidates
-from offgrid.scheduler import Scheduler
 
 __all__ = ["router"]
 
@@ -39,65 +38,49 @@ class VerifyRequest(BaseModel):
     accept: bool = False
 
 
-def _scheduler(request: Request) -> Scheduler:
-    scheduler: Scheduler = request.app.state.scheduler
-    return scheduler
-
-
-def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
-
-
 @router.get("/models")
-async def installed_models(request: Request) -> dict[str, Any]:
+async def installed_models(runtime: RuntimeDep) -> dict[str, Any]:
     """Installed models with their metadata, hash, origin and whether they are loaded."""
-    from offgrid.api.app import estimate
-
-    loaded = _scheduler(request).loaded()
-    settings: Settings = request.app.state.settings
-    models = await asyncio.to_thread(_registry(request).list)
+    loaded = runtime.scheduler.loaded()
+    models = await asyncio.to_thread(runtime.registry.list)
     return {
         "models": [
-            {**m.as_dict(), "loaded": m.id in loaded, "memory": estimate(settings, m)}
-            for m in models
+            {**m.as_dict(), "loaded": m.id in loaded, "memory": runtime.estimate(m)} for m in models
         ]
     }
 
 
 @router.get("/models/{model_id}")
-async def model_details(model_id: str, request: Request) -> dict[str, Any]:
+async def model_details(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     """One model, as ``offgrid show`` prints it (``sha256`` is null until the file is
     hashed: ``POST /api/models/verify``; hashing a large file here would hold the request
     for minutes)."""
-    from offgrid.api.app import estimate
-
-    model = await asyncio.to_thread(_registry(request).get, model_id)
-    settings: Settings = request.app.state.settings
+    model = await asyncio.to_thread(runtime.registry.get, runtime.resolve(model_id))
     return {
         **model.as_dict(),
-        "memory": estimate(settings, model),
-        "loaded": model_id in _scheduler(request).loaded(),
+        "memory": runtime.estimate(model),
+        "loaded": model.id in runtime.scheduler.loaded(),
     }
 
 
 @router.delete("/models/{model_id}")
-async def remove_model(model_id: str, request: Request, force: bool = False) -> dict[str, Any]:
+async def remove_model(model_id: str, runtime: RuntimeDep, force: bool = False) -> dict[str, Any]:
     """Remove a model; refused while it is loaded unless ``force`` (then unloaded first)."""
-    if model_id in _scheduler(request).loaded():
+    target = runtime.resolve(model_id)
+    if target in runtime.scheduler.loaded():
         if not force:
             raise ConflictError(
                 f"{model_id} is loaded. Stop it first (`offgrid stop {model_id}`) or remove "
                 "it with --force (force=true)."
             )
-        await _scheduler(request).unload(model_id)
-    return {"id": model_id, "done": await asyncio.to_thread(_registry(request).remove, model_id)}
+        await runtime.scheduler.unload(target)
+    return {"id": model_id, "done": await asyncio.to_thread(runtime.registry.remove, target)}
 
 
 @router.post("/models/import")
-async def import_models(body: ImportRequest, request: Request) -> dict[str, Any]:
+async def import_models(body: ImportRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """Import models from a path on this machine (see ``offgrid import``)."""
-    settings: Settings = request.app.state.settings
+    settings = runtime.settings
 
     def run() -> dict[str, Any]:
         found = find_candidates(
@@ -106,7 +89,7 @@ async def import_models(body: ImportRequest, request: Request) -> dict[str, Any]
             allow_untrusted=body.allow_untrusted,
             ollama_dir=Path(body.ollama_dir) if body.ollama_dir else None,
         )
-        outcomes = import_found(_registry(request), found, link=body.link, name=body.name)
+        outcomes = import_found(runtime.registry, found, link=body.link, name=body.name)
         return {
             "note": found.note,
             "results": [o.as_dict() for o in outcomes],
@@ -117,21 +100,22 @@ async def import_models(body: ImportRequest, request: Request) -> dict[str, Any]
 
 
 @router.post("/models/verify")
-async def verify_models(body: VerifyRequest, request: Request) -> dict[str, Any]:
+async def verify_models(body: VerifyRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """Hash models again and compare (see ``offgrid verify``)."""
-    checks = await asyncio.to_thread(_registry(request).verify, body.models, accept=body.accept)
+    ids = [runtime.resolve(m) for m in body.models]
+    checks = await asyncio.to_thread(runtime.registry.verify, ids, accept=body.accept)
     return {"checks": [c.as_dict() for c in checks]}
 
 
 @router.get("/ps")
-async def running_models(request: Request) -> dict[str, Any]:
+async def running_models(runtime: RuntimeDep) -> dict[str, Any]:
     """Loaded models: memory, slots busy, queue, expiry, pid and port; loading and paused ones."""
-    return {"models": _scheduler(request).status()}
+    return {"models": runtime.scheduler.status()}
 
 
 @router.post("/models/{model_id}/load")
 async def load_model(
-    model_id: str, request: Request, body: LoadRequest | None = None
+    model_id: str, runtime: RuntimeDep, body: LoadRequest | None = None
 ) -> dict[str, Any]:
     """Load a model now (and optionally set how long it stays when idle)."""
     keep_alive = None
@@ -140,12 +124,11 @@ async def load_model(
             keep_alive = parse_duration(body.keep_alive)
         except ConfigError as exc:
             raise BadRequestError(exc.message, param="keep_alive") from None
-    target = request.app.state.aliases.get(model_id, model_id)
-    engine = await _scheduler(request).load(target, keep_alive=keep_alive)
+    engine = await runtime.scheduler.load(runtime.resolve(model_id), keep_alive=keep_alive)
     return {"id": model_id, "state": engine.state, "pid": engine.pid, "port": engine.port}
 
 
 @router.post("/models/{model_id}/unload")
-async def unload_model(model_id: str, request: Request) -> dict[str, Any]:
+async def unload_model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     """Stop a model's engine; ``unloaded`` says whether it was running."""
-    return {"id": model_id, "unloaded": await _scheduler(request).unload(model_id)}
+    return {"id": model_id, "unloaded": await runtime.scheduler.unload(runtime.resolve(model_id))}

@@ -17,7 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from offgrid.errors import OffGridError
 
-__all__ = ["error_body", "error_event", "error_json", "error_response", "install_error_handlers"]
+__all__ = [
+    "error_body",
+    "error_event",
+    "error_json",
+    "error_response",
+    "install_error_handlers",
+    "unexpected",
+]
 
 log = logging.getLogger("offgrid.api")
 
@@ -66,10 +73,14 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def unexpected(exc: Exception) -> OffGridError:
+    """A bug's error for the client (its traceback goes to the log, never to the client)."""
+    log.error("unexpected error", exc_info=exc)
+    return OffGridError(f"Internal error ({type(exc).__name__}); the server log has the details.")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error", exc_info=exc)
-    message = f"Internal error ({type(exc).__name__}); the server log has the details."
-    return error_response(OffGridError(message))
+    return error_response(unexpected(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

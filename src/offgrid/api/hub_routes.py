@@ -12,10 +12,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
+from offgrid.api.deps import RuntimeDep
 from offgrid.config import Settings, parse_size
 from offgrid.errors import BadRequestError
 from offgrid.hub import client
@@ -40,11 +41,6 @@ class PullRequest(BaseModel):
     stream: bool = True
 
 
-def _pulls(request: Request) -> Pulls:
-    pulls: Pulls = request.app.state.pulls
-    return pulls
-
-
 @router.get("/hub/search")
 async def hub_search(
     q: str = "",
@@ -59,23 +55,21 @@ async def hub_search(
 
 
 @router.get("/catalog")
-async def catalog_models(request: Request) -> dict[str, Any]:
+async def catalog_models(runtime: RuntimeDep) -> dict[str, Any]:
     """The model catalog, each quantization with the memory it needs and whether it fits."""
-    settings: Settings = request.app.state.settings
     facts = await asyncio.to_thread(system_facts)
-    return {"models": [e.as_dict(facts) for e in catalog.load(settings.data_dir)]}
+    return {"models": [e.as_dict(facts) for e in catalog.load(runtime.settings.data_dir)]}
 
 
 @router.post("/pulls", response_model=None)
-async def start_pull(body: PullRequest, request: Request) -> StreamingResponse | JSONResponse:
+async def start_pull(body: PullRequest, runtime: RuntimeDep) -> StreamingResponse | JSONResponse:
     """Download a model (or join its running download); its progress as SSE."""
-    settings: Settings = request.app.state.settings
     rate = parse_size(body.limit_rate) if body.limit_rate else None
-    remote = await asyncio.to_thread(_resolve, body, settings)
-    pull = _pulls(request).start(remote, rate=rate)
+    remote = await asyncio.to_thread(_resolve, body, runtime.settings)
+    pull = runtime.pulls.start(remote, rate=rate)
     if not body.stream:
         return JSONResponse(pull.as_dict(), status_code=202)
-    return _events(_pulls(request), pull)
+    return _events(runtime.pulls, pull)
 
 
 def _resolve(body: PullRequest, settings: Settings) -> client.RemoteModel:
@@ -90,27 +84,27 @@ def _resolve(body: PullRequest, settings: Settings) -> client.RemoteModel:
 
 
 @router.get("/pulls")
-async def list_pulls(request: Request) -> dict[str, Any]:
+async def list_pulls(runtime: RuntimeDep) -> dict[str, Any]:
     """Running pulls, and the last ones that ended."""
-    return {"pulls": _pulls(request).list()}
+    return {"pulls": runtime.pulls.list()}
 
 
 @router.get("/pulls/{pull_id}")
-async def pull_state(pull_id: str, request: Request) -> dict[str, Any]:
-    return _pulls(request).get(pull_id).as_dict()
+async def pull_state(pull_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    return runtime.pulls.get(pull_id).as_dict()
 
 
 @router.get("/pulls/{pull_id}/events")
-async def pull_events(pull_id: str, request: Request) -> StreamingResponse:
+async def pull_events(pull_id: str, runtime: RuntimeDep) -> StreamingResponse:
     """Watch a pull: its state now, then each change, as server-sent events."""
-    pulls = _pulls(request)
+    pulls = runtime.pulls
     return _events(pulls, pulls.get(pull_id))
 
 
 @router.delete("/pulls/{pull_id}")
-async def cancel_pull(pull_id: str, request: Request) -> dict[str, Any]:
+async def cancel_pull(pull_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     """Stop a pull; what arrived is kept, and pulling the model again resumes it."""
-    return _pulls(request).cancel(pull_id).as_dict()
+    return runtime.pulls.cancel(pull_id).as_dict()
 
 
 def _events(pulls: Pulls, pull: Pull) -> StreamingResponse:

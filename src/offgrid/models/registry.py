@@ -2,41 +2,27 @@
 
 Models come from folders scanned in place, in order: the models folder (where imports are
 written) and the extra folders (a mounted USB stick, a network share; read-only is fine).
-A folder model's id is its file name without ``.gguf``; the first folder wins a clash.
 A model may also be a *reference*: a file elsewhere (an Ollama blob, a HuggingFace cache
-file) registered under an id by ``offgrid import --link`` and used where it lies.
+file) registered under an id by ``offgrid import --link`` and used where it lies. How the
+folders are read is ``scan``'s job; what is known of each file is kept by ``index``.
 
-What is known of each file is kept in SQLite (WAL: the server and the CLI share it), keyed
-by path:
-- its GGUF metadata, read again only when its size or mtime change;
-- the sha256 recorded at import or at its first verification, with the size and mtime it
-  had then. A file is hashed again by ``verify``, or before a load when its size or mtime
-  moved since; a hash that then differs refuses the load (IntegrityError);
-- where it came from (a file, an Ollama store, a hub repo, a bundle).
-
-A model split in parts (``NAME-00001-of-00003.gguf`` …, as the Hub serves large ones) is
-one model, ``NAME``, listed once every part is there; the engine opens the first part and
-finds the others beside it. A file that ends before its GGUF header says it should (still
-being copied in) is not listed until it is whole. Ids never become paths: a model is
-found by id only through the listing, so no id reaches outside the folders.
+The sha256 of a file is recorded at import or at its first verification. A file is hashed
+again by ``verify``, or before a load when its size or mtime moved since; a hash that then
+differs refuses the load (IntegrityError). Ids never become paths: a model is found by id
+only through the listing, so no id reaches outside the folders.
 """
 
 from __future__ import annotations
 
 import builtins
-import dataclasses
-import json
 import os
-import re
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offgrid.atomic_files import NO_PROGRESS, Progress, hash_file
 from offgrid.errors import (
     ConflictError,
     IncompleteGGUFError,
@@ -45,93 +31,18 @@ from offgrid.errors import (
     OffGridError,
     StorageError,
 )
-from offgrid.models.gguf_meta import GGUFInfo, read_gguf_info
+from offgrid.models.gguf_meta import read_gguf_info
+from offgrid.models.index import Index, stamp
+from offgrid.models.model_info import ModelInfo
+from offgrid.models.scan import Scanner, split_name
 
 if TYPE_CHECKING:
+    from offgrid.atomic_files import Progress
     from offgrid.config import Settings
 
 __all__ = ["ModelInfo", "Registry", "Report", "split_name"]
 
 RACY_NS = 2_000_000_000  # mtime ticks are coarse (jiffies, FAT's 2 s): younger is not trusted
-_SPLIT = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.gguf$")
-
-
-def split_name(file_name: str) -> tuple[str, int, int] | None:
-    """(name, part, parts) of a split GGUF file name (``m-00002-of-00003.gguf`` →
-    ``("m", 2, 3)``), or None for a whole file."""
-    m = _SPLIT.match(file_name)
-    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY,
-    model_id TEXT,          -- the id of a reference; NULL for a file found in a folder
-    size INTEGER, mtime_ns INTEGER, meta TEXT, error TEXT,  -- metadata, at this size/mtime
-    sha256 TEXT, sha_size INTEGER, sha_mtime_ns INTEGER,    -- recorded hash, at that stat
-    origin TEXT             -- JSON: where the file came from
-)
-"""
-_UPSERT_META = """
-INSERT INTO files (path, size, mtime_ns, meta, error) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-    meta = excluded.meta, error = excluded.error
-"""
-_UPSERT_HASH = """
-INSERT INTO files (path, model_id, sha256, sha_size, sha_mtime_ns, origin)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256, sha_size = excluded.sha_size,
-    sha_mtime_ns = excluded.sha_mtime_ns, model_id = COALESCE(excluded.model_id, model_id),
-    origin = COALESCE(excluded.origin, origin)
-"""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One model OffGrid can serve."""
-
-    id: str
-    path: Path
-    size: int
-    mtime: float
-    gguf: GGUFInfo | None
-    error: str | None = None  # why the metadata could not be read, if it could not
-    sha256: str | None = None  # as recorded at import or first verification
-    origin: Mapping[str, Any] = field(default_factory=dict, compare=False)
-    owned: bool = True  # in the models folder: removing the model deletes the file
-    more_parts: tuple[Path, ...] = ()  # a split model's parts after the first (``path``)
-
-    @property
-    def files(self) -> tuple[Path, ...]:
-        """Every file of the model: one, or each part of a split model."""
-        return (self.path, *self.more_parts)
-
-    @property
-    def reference(self) -> bool:
-        """A file registered where it lies, outside the model folders."""
-        return bool(self.origin.get("reference"))
-
-    def as_dict(self) -> dict[str, Any]:
-        """What ``offgrid show`` and ``/api/models`` tell of the model."""
-        g = self.gguf
-        return {
-            "id": self.id,
-            "path": str(self.path),
-            "size": self.size,
-            "modified_at": self.mtime,
-            "sha256": self.sha256,
-            "origin": dict(self.origin),
-            "owned": self.owned,
-            "parts": len(self.files),
-            "error": self.error,
-            "architecture": g.architecture if g else None,
-            "name": g.name if g else None,
-            "parameters": g.parameters if g else None,
-            "quantization": g.quantization if g else None,
-            "context_length": g.context_length if g else None,
-            "chat_template": g.chat_template if g else None,
-            "layers": g.block_count if g else None,
-        }
 
 
 @dataclass(frozen=True)
@@ -159,120 +70,22 @@ class Registry:
     def __init__(self, folders: Sequence[Path], index_path: Path) -> None:
         self.folders = list(folders)
         self.models_dir = self.folders[0]
-        self._index_path = index_path
-        self._lock = threading.Lock()
-        self._memo: dict[str, tuple[int, int, GGUFInfo | None, str | None]] = {}
-        self._db: sqlite3.Connection | None = None
+        self._index = Index(index_path)
+        self._scanner = Scanner(self.folders)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Registry:
         return cls(settings.model_folders, settings.data_dir / "registry.sqlite")
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._index_path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._index_path, timeout=30, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            self._db = db
-        return self._db
-
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._index.close()
 
     # -- listing ----------------------------------------------------------------------
     def list(self) -> builtins.list[ModelInfo]:
         """Every complete model of the folders and references, sorted by id."""
-        with self._lock:
-            db = self._conn()
-            rows = {r["path"]: r for r in db.execute("SELECT * FROM files")}
-            found: dict[str, ModelInfo] = {}
-            writes: builtins.list[tuple[object, ...]] = []
-            for model_id, path, st, owned, more in self._candidates(rows):
-                if model_id not in found:
-                    info = self._describe(model_id, path, st, rows.get(str(path)), owned, writes)
-                    if info is not None:
-                        found[model_id] = _with_parts(info, more)
-            if writes:
-                db.executemany(_UPSERT_META, writes)
-                db.commit()
+        with self._index.session() as s:
+            found = self._scanner.scan(s)
         return sorted(found.values(), key=lambda m: m.id)
-
-    def _candidates(self, rows: Mapping[str, sqlite3.Row]) -> builtins.list[_Candidate]:
-        """(id, path, stat, owned, further parts) of each model the folders and references
-        hold."""
-        out: builtins.list[_Candidate] = []
-        for folder in self.folders:
-            owned = folder == self.models_dir
-            try:
-                entries = {e.name: e for e in os.scandir(folder) if e.name.endswith(".gguf")}
-            except OSError:
-                continue  # a folder not there (yet): an unmounted stick
-            for name, entry in sorted(entries.items()):
-                split = split_name(name)
-                if name.startswith(".") or (split and split[1] != 1):
-                    continue  # hidden (a copy in progress), or a later part of a split model
-                more = (
-                    tuple(
-                        Path(folder, f"{split[0]}-{i:05d}-of-{split[2]:05d}.gguf")
-                        for i in range(2, split[2] + 1)
-                    )
-                    if split
-                    else ()
-                )
-                if any(p.name not in entries for p in more):
-                    continue  # a split model with parts missing: not loadable (yet)
-                try:
-                    if entry.is_file():
-                        model_id = split[0] if split else name[:-5]
-                        out.append((model_id, Path(entry.path), entry.stat(), owned, more))
-                except OSError:
-                    continue  # vanished between listing and stat
-        for row in rows.values():
-            if row["model_id"] is not None:
-                try:
-                    st = os.stat(row["path"])
-                except OSError:
-                    continue
-                out.append((row["model_id"], Path(row["path"]), st, False, ()))
-        return out
-
-    def _describe(
-        self,
-        model_id: str,
-        path: Path,
-        st: os.stat_result,
-        row: sqlite3.Row | None,
-        owned: bool,
-        writes: builtins.list[tuple[object, ...]],
-    ) -> ModelInfo | None:
-        """The ModelInfo of one file, reading its header only if it is new or changed."""
-        stat = (st.st_size, st.st_mtime_ns)
-        memo = self._memo.get(str(path))
-        if memo is not None and memo[:2] == stat:
-            meta, error = memo[2], memo[3]
-        elif (
-            row is not None
-            and (row["size"], row["mtime_ns"]) == stat
-            and (cached := _cached(row)) is not None
-        ):
-            meta, error = cached
-        else:
-            try:
-                meta, error = read_gguf_info(path), None
-            except IncompleteGGUFError:
-                return None
-            except OffGridError as exc:
-                meta, error = None, exc.message
-            writes.append((str(path), *stat, json.dumps(meta.as_dict()) if meta else None, error))
-        self._memo[str(path)] = (*stat, meta, error)
-        origin = json.loads(row["origin"]) if row is not None and row["origin"] else {}
-        sha = row["sha256"] if row is not None else None
-        return ModelInfo(model_id, path, st.st_size, st.st_mtime, meta, error, sha, origin, owned)
 
     def ids(self) -> builtins.list[str]:
         return [m.id for m in self.list()]
@@ -305,36 +118,20 @@ class Registry:
         """
         st = path.stat()
         racy = time.time_ns() - st.st_mtime_ns < RACY_NS or (
-            before is not None and _stamp(before) != _stamp(st)
+            before is not None and stamp(before) != stamp(st)
         )
-        with self._lock:
-            db = self._conn()
-            db.execute(
-                _UPSERT_HASH,
-                (
-                    str(path),
-                    model_id,
-                    sha256,
-                    st.st_size,
-                    0 if racy else st.st_mtime_ns,
-                    json.dumps(dict(origin)) if origin else None,
-                ),
-            )
-            db.commit()
+        trusted = (st.st_size, 0 if racy else st.st_mtime_ns)
+        with self._index.session() as s:
+            s.store_hash(path, sha256, trusted, origin, model_id)
 
     def _recorded(self, path: Path) -> sqlite3.Row | None:
-        with self._lock:
-            row: sqlite3.Row | None = (
-                self._conn()
-                .execute("SELECT * FROM files WHERE path = ? AND sha256 IS NOT NULL", (str(path),))
-                .fetchone()
-            )
-            return row
+        with self._index.session() as s:
+            return s.recorded(path)
 
     def vouched(self, path: Path) -> str | None:
         """The recorded hash of ``path`` if its size and mtime are still those recorded."""
         row = self._recorded(path)
-        if row is None or _stamp(path.stat()) != (row["sha_size"], row["sha_mtime_ns"]):
+        if row is None or stamp(path.stat()) != (row["sha_size"], row["sha_mtime_ns"]):
             return None
         recorded: str = row["sha256"]
         return recorded
@@ -351,21 +148,24 @@ class Registry:
             if row is None or self.vouched(path) is not None:
                 continue
             recorded: str = row["sha256"]
-            actual = self._hash(path, NO_PROGRESS, record_if=recorded.__eq__)
+            actual = self._hash(path, None, record_if=recorded.__eq__)
             if actual != recorded:
                 raise IntegrityError(_changed(model, recorded, actual, path))
         return model
 
-    def hash_of(self, model: ModelInfo, progress: Progress = NO_PROGRESS) -> str:
+    def hash_of(self, model: ModelInfo, progress: Progress | None = None) -> str:
         """The model's recorded hash, hashing and recording it first if it has none."""
         if model.sha256 is not None:
             return model.sha256
         return self._hash(model.path, progress, record_if=lambda _h: True)
 
-    def _hash(self, path: Path, progress: Progress, record_if: Callable[[str], bool]) -> str:
+    def _hash(self, path: Path, progress: Progress | None, record_if: Callable[[str], bool]) -> str:
         """Hash ``path``, recording the result when ``record_if`` accepts it."""
+        # Here, not at the top: atomic_files brings psutil and thread pools, not needed to list.
+        from offgrid.atomic_files import NO_PROGRESS, hash_file
+
         before = path.stat()
-        digest = hash_file(path, progress)
+        digest = hash_file(path, NO_PROGRESS if progress is None else progress)
         if record_if(digest):
             self.record(path, digest, before=before)
         return digest
@@ -375,7 +175,7 @@ class Registry:
         ids: Sequence[str] = (),
         *,
         accept: bool = False,
-        progress: Progress = NO_PROGRESS,
+        progress: Progress | None = None,
     ) -> builtins.list[Report]:
         """Hash the models (``ids``, or all) again and compare with what was recorded.
 
@@ -398,7 +198,7 @@ class Registry:
                 checks.append(Report(model_id, path, *problem))
         return checks
 
-    def _verify_one(self, model: ModelInfo, accept: bool, progress: Progress) -> Report:
+    def _verify_one(self, model: ModelInfo, accept: bool, progress: Progress | None) -> Report:
         """Hash each file of ``model`` and compare (or record, or accept) as ``verify`` says."""
         note = ""
         for path in model.files:
@@ -435,16 +235,9 @@ class Registry:
 
     def _recorded_files(self) -> builtins.list[tuple[str, Path, bool]]:
         """(id, path, is a reference) of every file with a recorded hash."""
-        with self._lock:
-            rows = self._conn().execute("SELECT path, model_id FROM files WHERE sha256 IS NOT NULL")
-            return [
-                (
-                    r["model_id"] or _id_of(Path(r["path"])),
-                    Path(r["path"]),
-                    r["model_id"] is not None,
-                )
-                for r in rows
-            ]
+        with self._index.session() as s:
+            files = s.recorded_files()
+        return [(model_id or _id_of(path), path, model_id is not None) for model_id, path in files]
 
     # -- removal ----------------------------------------------------------------------
     def remove(self, model_id: str) -> str:
@@ -478,44 +271,15 @@ class Registry:
         return f"deleted {model.path}{more}"
 
     def _forget(self, path: Path) -> None:
-        with self._lock:
-            self._memo.pop(str(path), None)
-            db = self._conn()
-            db.execute("DELETE FROM files WHERE path = ?", (str(path),))
-            db.commit()
-
-
-_Candidate = tuple[str, Path, os.stat_result, bool, tuple[Path, ...]]
-
-
-def _with_parts(model: ModelInfo, more: tuple[Path, ...]) -> ModelInfo:
-    """A split model's info: its size is that of all its parts."""
-    if not more:
-        return model
-    size = model.size + sum(p.stat().st_size for p in more)
-    return dataclasses.replace(model, size=size, more_parts=more)
+        with self._index.session() as s:
+            self._scanner.forget(path)
+            s.forget(path)
 
 
 def _id_of(path: Path) -> str:
     """The id a file in a model folder gives its model."""
     split = split_name(path.name)
     return split[0] if split else path.stem
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int]:
-    return st.st_size, st.st_mtime_ns
-
-
-def _cached(row: sqlite3.Row) -> tuple[GGUFInfo | None, str | None] | None:
-    """The metadata stored in a row, or None if it must be read again."""
-    if row["error"] is not None:
-        return None, row["error"]
-    if row["meta"] is None:
-        return None
-    try:
-        return GGUFInfo.from_dict(json.loads(row["meta"])), None
-    except (TypeError, ValueError, KeyError):
-        return None  # written by another version: read the file again
 
 
 def _changed(model: ModelInfo, recorded: str, actual: str, path: Path | None = None) -> str:

@@ -36,6 +36,48 @@ async function failure(resp) {
   return new ApiError(resp.status, message, resp.headers.get("retry-after"));
 }
 
+// API keys: when the server asks for one (401), the page asks the person for it once and
+// keeps it in this tab's sessionStorage (gone when the tab closes), sent with every call.
+const KEY = "offgrid-api-key";
+let asking = null; // one dialog for every call that was refused at the same time
+
+function withKey(init) {
+  const key = sessionStorage.getItem(KEY);
+  if (!key) return init;
+  return { ...init, headers: { ...(init.headers || {}), authorization: `Bearer ${key}` } };
+}
+
+function askKey(message) {
+  asking ??= new Promise((resolve) => {
+    const dialog = $("#key-dialog");
+    $("#key-note").textContent = message;
+    $("#api-key").value = "";
+    dialog.addEventListener(
+      "close",
+      () => {
+        asking = null;
+        resolve($("#api-key").value.trim());
+      },
+      { once: true },
+    );
+    dialog.showModal();
+  });
+  return asking;
+}
+
+// fetch() with the key; asks for a key (again) while the server refuses the one it has.
+async function call(path, init = {}) {
+  let resp = await fetch(path, withKey(init));
+  while (resp.status === 401) {
+    const had = sessionStorage.getItem(KEY);
+    const key = await askKey(had ? "That key was refused. Enter a valid API key." : "This server needs an API key.");
+    if (!key) return resp;
+    sessionStorage.setItem(KEY, key);
+    resp = await fetch(path, withKey(init));
+  }
+  return resp;
+}
+
 async function api(path, options = {}) {
   const init = { ...options };
   if (options.json !== undefined) {
@@ -43,7 +85,7 @@ async function api(path, options = {}) {
     init.headers = { "content-type": "application/json" };
     init.body = JSON.stringify(options.json);
   }
-  const resp = await fetch(path, init);
+  const resp = await call(path, init);
   if (!resp.ok) throw await failure(resp);
   return resp.json();
 }
@@ -292,7 +334,7 @@ const chat = {
         reply.waiting = `Loading ${conv.model}… (the first request loads it into memory)`;
         paint();
       }
-      const resp = await fetch("/v1/chat/completions", {
+      const resp = await call("/v1/chat/completions", {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify(body),
@@ -393,7 +435,7 @@ const models = {
   async show() {
     await this.refresh();
     const running = await api("/api/pulls").catch(() => ({ pulls: [] }));
-    for (const pull of running.pulls) if (!$(`#pull-${pull.id}`)) this.watch(pull, fetch(`/api/pulls/${pull.id}/events`));
+    for (const pull of running.pulls) if (!$(`#pull-${pull.id}`)) this.watch(pull, call(`/api/pulls/${pull.id}/events`));
   },
 
   async refresh() {
@@ -471,7 +513,7 @@ const models = {
   },
 
   pull(body) {
-    const resp = fetch("/api/pulls", {
+    const resp = call("/api/pulls", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
@@ -491,7 +533,7 @@ const models = {
     $("#pulls").prepend(li);
     let id = pull.id;
     if (id) li.id = `pull-${id}`;
-    cancel.addEventListener("click", () => id && fetch(`/api/pulls/${id}`, { method: "DELETE" }));
+    cancel.addEventListener("click", () => id && call(`/api/pulls/${id}`, { method: "DELETE" }));
     try {
       const resp = await respPromise;
       if (!resp.ok) throw await failure(resp);

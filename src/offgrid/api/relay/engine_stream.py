@@ -1,4 +1,4 @@
-"""Streamed answers relayed at the socket level: the engine's chunks go out as they came.
+"""A streamed answer read at the socket level: the engine's chunks go out as they came.
 
 llama-server streams server-sent events as HTTP/1.1 chunks, and uvicorn sends ours as HTTP/1.1
 chunks too, so the bytes need no re-framing: an ``asyncio.Protocol`` on the upstream socket
@@ -9,15 +9,16 @@ docs/decisions.md). Only chunk boundaries are tracked, so that the engine's fina
 zero-length chunk is held back and uvicorn ends the response itself.
 
 This needs the client's transport, which ASGI does not expose; ``client_transport(send)``
-finds it on uvicorn's httptools cycle and returns None anywhere else, where the caller
-falls back to plain ASGI ``send`` calls. The response head must then say
-``transfer-encoding: chunked`` so that uvicorn frames the rest the same way.
+finds it on uvicorn's httptools cycle and returns None anywhere else. There, and for
+adapters that reshape what the engine says, ``pieces()`` yields the chunks' data without
+their framing instead. The response head of a splice must say ``transfer-encoding:
+chunked`` so that uvicorn frames the rest the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 __all__ = ["EngineStream", "client_transport", "connect", "send_request"]
@@ -48,6 +49,7 @@ class EngineStream(asyncio.Protocol):
         self._need = 0  # bytes left of the current chunk's data and its CRLF
         self._held = b""  # an incomplete chunk-size line, kept until it is whole
         self._chunked = False
+        self._framed = True  # the sink takes chunks with their framing (a splice)
         self.requested = False
         self.lost = False
         self.connected_at = loop.time()
@@ -106,12 +108,41 @@ class EngineStream(asyncio.Protocol):
         """True between chunks, where an extra chunk can be written without breaking framing."""
         return self._need == 0 and not self._held
 
-    def splice_to(self, sink: Callable[[bytes], None]) -> None:
-        """Send every chunk from now on to ``sink``; ``done`` resolves at the last one."""
-        self._sink = sink
+    def splice_to(self, sink: Callable[[bytes], None], *, framed: bool = True) -> None:
+        """Send every chunk from now on to ``sink`` (with its HTTP framing, or only its data);
+        ``done`` resolves at the last one."""
+        self._sink, self._framed = sink, framed
         for data in self._body:
             self._feed(data)
         self._body.clear()
+
+    async def pieces(self, high_water: int = 64) -> AsyncIterator[bytes]:
+        """The chunks' data as it arrives; raises ConnectionError if the stream breaks.
+
+        Reading pauses while ``high_water`` pieces wait for the consumer, so a slow client
+        slows the engine instead of filling memory.
+        """
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def sink(data: bytes) -> None:
+            queue.put_nowait(data)
+            if queue.qsize() >= high_water and self.transport is not None:
+                self.transport.pause_reading()
+
+        self.splice_to(sink, framed=False)
+        while True:
+            if queue.empty():
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.resume_reading()
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait((getter, self.done), return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    self.done.result()  # raises if the stream broke
+                    return
+                yield getter.result()
+            else:
+                yield queue.get_nowait()
 
     async def read_whole(self) -> bytes:
         """The body of a non-chunked response (an error, typically)."""
@@ -122,9 +153,12 @@ class EngineStream(asyncio.Protocol):
         buf = self._held + data if self._held else data
         self._held = b""
         i, end, finished = 0, len(buf), False
+        payload: list[bytes] = []  # the data of the chunks, when the sink wants no framing
         while i < end:
             if self._need:
                 take = min(self._need, end - i)
+                if not self._framed and (data_left := self._need - 2) > 0:
+                    payload.append(buf[i : i + min(take, data_left)])
                 i += take
                 self._need -= take
                 continue
@@ -138,9 +172,10 @@ class EngineStream(asyncio.Protocol):
                 break
             self._need = size + 2
             i = eol + 1
-        if buf:
+        out = buf if self._framed else b"".join(payload)
+        if out:
             assert self._sink is not None
-            self._sink(buf)
+            self._sink(out)
         if finished and not self.done.done():
             self.done.set_result(None)
             self.close()

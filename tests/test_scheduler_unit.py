@@ -1,15 +1,18 @@
-"""Scheduler decisions without an engine: fit and evict, queue order, keep-alive, pinning,
-one load per model, failed loads, crash backoff."""
+"""The scheduler without an engine: its decisions in tables, and its behaviour with fake
+engines on a manual clock — fit and evict, queue order, keep-alive, pinning, one load per
+model, failed loads, crash backoff. ``test_scheduler_real_engine.py`` runs it for real."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from offgrid.engine.process import EngineState
 from offgrid.errors import EngineUnavailableError, InsufficientMemoryError, OverloadedError
 from offgrid.models.registry import ModelInfo
 from offgrid.placement import Memory, Placement
@@ -116,10 +119,12 @@ def test_expired(
 
 
 class FakeEngine:
+    """Stands in for ``Engine``: ready at once, stopped on request, no process."""
+
     def __init__(self, model: ModelInfo) -> None:
         self.model = model
         self.alive = True
-        self.state = "ready"
+        self.state = EngineState.READY
         self.pid, self.port, self.started_at = 1, 2, 0.0
         self.on_exit: Any = None
         self.exit_reason = ""
@@ -128,7 +133,7 @@ class FakeEngine:
 
     async def stop(self, grace: float = 5.0) -> None:
         self.alive = False
-        self.state = "stopped"
+        self.state = EngineState.STOPPED
 
     async def wait_exited(self, timeout: float) -> bool:
         return not self.alive
@@ -139,18 +144,64 @@ class FakeRegistry:
         return ModelInfo(model_id, Path(f"/m/{model_id}.gguf"), GB, 0.0, None)
 
 
-def make(fail: bool = False, **policy: Any) -> tuple[Scheduler, list[str]]:
+class ManualClock:
+    """The scheduler's clock for tests: time moves only when ``advance()`` says so."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._timers: dict[asyncio.Future[None], float] = {}
+
+    def now(self) -> float:
+        return self.t
+
+    @property
+    def deadlines(self) -> list[float]:
+        """When the waits in progress give up."""
+        return sorted(self._timers.values())
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._timers[timer] = self.t + timeout
+        is_set = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({timer, is_set}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            del self._timers[timer]
+            is_set.cancel()
+        return event.is_set()
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        for timer, deadline in self._timers.items():
+            if deadline <= self.t and not timer.done():
+                timer.set_result(None)
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 2.0) -> None:
+    """Let the event loop run until ``predicate()`` holds; fail after ``timeout`` real s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+def make(
+    fail: bool = False,
+    available: Callable[[], Memory] = lambda: ram(100),
+    clock: ManualClock | None = None,
+    **policy: Any,
+) -> tuple[Scheduler, list[str]]:
     starts: list[str] = []
 
     async def start(model: ModelInfo, placement: Placement) -> Any:
         starts.append(model.id)
-        await asyncio.sleep(0.02)
         if fail:
             raise EngineUnavailableError(f"cannot load {model.id}")
         return FakeEngine(model)
 
     registry: Any = FakeRegistry()
-    sched = Scheduler(registry, start, policy=Policy(**policy), available=lambda: ram(100))
+    sched = Scheduler(registry, start, policy=Policy(**policy), available=available, clock=clock)
     return sched, starts
 
 
@@ -182,7 +233,8 @@ def test_a_failed_load_fails_every_waiter_with_its_reason() -> None:
 
 def test_repeated_failures_back_off_and_say_why() -> None:
     async def main() -> None:
-        sched, starts = make(fail=True)
+        clock = ManualClock()
+        sched, starts = make(fail=True, clock=clock)
         for _ in range(3):
             with pytest.raises(EngineUnavailableError):
                 await sched.acquire("a")
@@ -191,16 +243,27 @@ def test_repeated_failures_back_off_and_say_why() -> None:
         assert len(starts) == 3
         [row] = sched.status()
         assert row["state"] == "backoff" and "cannot load a" in str(row["last_error"])
+        clock.advance(10)  # the first pause is over: the next request tries again
+        with pytest.raises(EngineUnavailableError, match="cannot load a"):
+            await sched.acquire("a")
+        assert len(starts) == 4
 
     asyncio.run(main())
 
 
 def test_swap_waits_for_in_flight_requests() -> None:
     async def main() -> None:
-        sched, starts = make(max_loaded=1)
+        probes = 0
+
+        def available() -> Memory:
+            nonlocal probes
+            probes += 1
+            return ram(100)
+
+        sched, starts = make(max_loaded=1, available=available)
         lease_a = await sched.acquire("a")
         b = asyncio.create_task(sched.acquire("b"))
-        await asyncio.sleep(0.1)
+        await until(lambda: probes >= 2, "b's load to find no room and wait")
         assert not b.done() and lease_a.engine.alive  # a is busy: not evicted
         lease_a.release()
         lease_b = await asyncio.wait_for(b, 2)
@@ -223,7 +286,7 @@ def test_queue_is_bounded_and_served_in_arrival_order() -> None:
             lease.release()
 
         tasks = [asyncio.create_task(waiter(i)) for i in range(2)]
-        await asyncio.sleep(0.05)
+        await until(lambda: sched.status()[0]["queued_requests"] == 2, "two queued requests")
         with pytest.raises(OverloadedError) as err:
             await sched.acquire("a")
         assert err.value.status == 429 and err.value.headers()["Retry-After"]
@@ -241,12 +304,12 @@ def test_a_waiter_that_leaves_frees_its_place() -> None:
         sched, _ = make(parallel=1, max_queue=1)
         first = await sched.acquire("a")
         leaving = asyncio.create_task(sched.acquire("a"))
-        await asyncio.sleep(0.05)
+        await until(lambda: sched.status()[0]["queued_requests"] == 1, "a queued request")
         leaving.cancel()
-        await asyncio.sleep(0)
+        await until(lambda: sched.status()[0]["queued_requests"] == 0, "the waiter to leave")
         staying = asyncio.create_task(sched.acquire("a"))  # the place is free again
-        await asyncio.sleep(0.05)
-        assert sched.status()[0]["queued_requests"] == 1
+        await until(lambda: sched.status()[0]["queued_requests"] == 1, "a queued request")
+        assert not staying.done()
         first.release()
         (await asyncio.wait_for(staying, 1)).release()
         await sched.close()
@@ -259,10 +322,7 @@ def test_keep_alive_zero_unloads_when_idle_and_pinned_stays() -> None:
         sched, _ = make(keep_alive=0, pinned=frozenset({"p"}))
         (await sched.acquire("a")).release()
         (await sched.acquire("p")).release()
-        for _ in range(50):
-            if "a" not in sched.loaded():
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: "a" not in sched.loaded(), "a to unload")
         assert list(sched.loaded()) == ["p"]
         await sched.close()
 
@@ -271,10 +331,14 @@ def test_keep_alive_zero_unloads_when_idle_and_pinned_stays() -> None:
 
 def test_keep_alive_timer_unloads_idle_model() -> None:
     async def main() -> None:
-        sched, _ = make(keep_alive=0.1)
+        clock = ManualClock()
+        sched, _ = make(keep_alive=10, clock=clock)
         (await sched.acquire("a", keep_alive=-1)).release()  # per request: never
-        (await sched.acquire("b")).release()
-        await asyncio.sleep(0.4)
+        clock.advance(1)
+        (await sched.acquire("b")).release()  # the server's keep-alive: 10 s
+        await until(lambda: clock.deadlines == [11.0], "the reaper to wait for b's keep-alive")
+        clock.advance(10)
+        await until(lambda: "b" not in sched.loaded(), "b to unload")
         assert list(sched.loaded()) == ["a"]
         await sched.close()
 

@@ -1,11 +1,12 @@
-"""The client side of the proxy: send a request to the model's engine, hand back its answer.
+"""The connections to the engines: send a request to a leased engine, retry a dead socket.
 
 The body goes upstream byte for byte (DESIGN.md decision 8): every field llama-server
 understands keeps working, and engines run with ``--alias <model id>`` so their chunks
 already carry our id and need no rewriting.
 
 Engine quirks handled here (DESIGN.md, "Engine facts"): llama-server closes the socket after
-every streamed response without saying so, so stream requests send ``Connection: close``;
+every streamed response without saying so, so each stream has a raw connection of its own
+and says ``Connection: close``;
 it also drops idle keep-alive connections after 5 s, so pooled ones expire after 4 s, and a
 request that fails on a dead socket before any byte came back is retried once.
 """
@@ -13,62 +14,32 @@ request that fails on a dead socket before any byte came back is retried once.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
 
-from offgrid.api.errors import error_body
-from offgrid.api.splice import EngineStream, connect, send_request
+from offgrid.api.relay.engine_stream import EngineStream, connect, send_request
 from offgrid.engine.process import Engine
 from offgrid.errors import EngineError
 from offgrid.scheduler import Lease, Scheduler
 
-__all__ = ["Relay", "Upstream", "engine_failed", "reshape_error"]
+__all__ = ["EngineClient", "engine_failed"]
 
 _JSON = {"Content-Type": "application/json"}
-_STREAM = {"Content-Type": "application/json", "Connection": "close"}
 _RETRYABLE = (
     aiohttp.ClientConnectorError,
     aiohttp.ServerDisconnectedError,
     aiohttp.ClientOSError,
-    ConnectionError,  # raw connections (splice): refused, or reset before the head
+    ConnectionError,  # raw connections (streams): refused, or reset before the head
 )
 T = TypeVar("T")
 _SPARE_MAX_AGE = 4.0
 
 
-class Upstream:
-    """An engine's response in progress, holding the lease on that engine until closed."""
-
-    def __init__(self, response: aiohttp.ClientResponse, lease: Lease) -> None:
-        self.response = response
-        self.lease = lease
-        self.closed_by_us = False
-
-    async def read_whole(self) -> tuple[int, bytes]:
-        """(status, body) of a non-streamed answer; engine errors reshaped to OpenAI's."""
-        try:
-            data = await self.response.read()
-        except aiohttp.ClientError as exc:
-            raise engine_failed(self.lease.model_id, exc) from exc
-        finally:
-            self.response.release()
-            self.lease.release()
-        status = self.response.status
-        return status, data if status == 200 else reshape_error(status, data)
-
-    def close(self) -> None:
-        """Drop the connection (the engine then cancels the generation) and the lease."""
-        if not self.response.closed:
-            self.closed_by_us = True
-            self.response.close()
-        self.lease.release()
-
-
-class Relay:
-    """Owns the HTTP client to the engines; one per server."""
+class EngineClient:
+    """Owns the connections to the engines (pooled for whole answers, one raw connection per
+    stream); one per server."""
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -101,31 +72,23 @@ class Relay:
             if http is not None:
                 await http.close()
 
-    async def open(
-        self,
-        path: str,
-        body: bytes,
-        model_id: str,
-        stream: bool,
-        *,
-        keep_alive: float | None = None,
-    ) -> Upstream:
+    async def post(
+        self, path: str, body: bytes, model_id: str, *, keep_alive: float | None = None
+    ) -> tuple[aiohttp.ClientResponse, Lease]:
         """Send ``body`` to ``path`` on the engine of ``model_id`` through the pooled client."""
         pooled, fresh = self._http, self._fresh
         assert pooled is not None and fresh is not None
-        headers = _STREAM if stream else _JSON
 
         async def post(engine: Engine, retry: bool) -> aiohttp.ClientResponse:
             http = fresh if retry else pooled
-            return await http.post(engine.url + path, data=body, headers=headers)
+            return await http.post(engine.url + path, data=body, headers=_JSON)
 
-        response, lease = await self._with_engine(model_id, post, keep_alive)
-        return Upstream(response, lease)
+        return await self._with_engine(model_id, post, keep_alive)
 
     async def open_stream(
         self, path: str, body: bytes, model_id: str, *, keep_alive: float | None = None
     ) -> tuple[EngineStream, Lease]:
-        """Send a streamed request on a fresh raw connection, for splicing (``splice``)."""
+        """Send a streamed request on a raw connection of its own (``engine_stream``)."""
 
         async def start(engine: Engine, retry: bool) -> EngineStream:
             spare = None if retry else self._take_spare(engine)
@@ -206,17 +169,3 @@ def engine_failed(model_id: str, exc: BaseException) -> EngineError:
         f"({type(exc).__name__}: {exc or 'connection lost'}). It restarts on the next "
         "request; the server log has its last lines."
     )
-
-
-def reshape_error(status: int, data: bytes) -> bytes:
-    """The engine's own error as OpenAI's ``{"error": {message, type, param, code}}``."""
-    message, type_ = data.decode("utf-8", errors="replace")[:2000], "invalid_request_error"
-    try:
-        err = json.loads(data).get("error", {})
-        message = str(err.get("message", message))
-        type_ = str(err.get("type", type_))
-    except (ValueError, AttributeError):
-        pass
-    if status >= 500:
-        type_ = "server_error"
-    return json.dumps(error_body(message, type_)).encode()

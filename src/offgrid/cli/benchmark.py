@@ -1,4 +1,5 @@
-"""``offgrid benchmark``: prompt and generation speed and time to first token, through the API.
+"""``offgrid benchmark <model>``: prompt and generation speed and time to first token, through
+the running server (or one started here).
 
 Each level runs N streams at once against the server and reads the engine's own timings
 from the final usage chunk (llama-server reports prompt and generation milliseconds), so the
@@ -14,13 +15,18 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
+import typer
+from rich.console import Console
+from rich.table import Table
 
+from offgrid.cli.client import api_url
+from offgrid.cli.common import settings_from
 from offgrid.errors import EngineError
 
-__all__ = ["LevelResult", "run_benchmark"]
+__all__ = ["LevelResult", "benchmark", "run_benchmark"]
 
 PROMPT = (
     "You are a field guide. Explain, step by step and in detail, how to purify water "
@@ -121,3 +127,45 @@ async def run_benchmark(
                 )
             )
     return results
+
+
+def benchmark(
+    model: Annotated[str, typer.Argument(help="Model id")],
+    concurrency: Annotated[
+        str, typer.Option(help="Comma-separated concurrent stream counts")
+    ] = "1,2,4",
+    max_tokens: Annotated[int, typer.Option(help="Tokens generated per request")] = 128,
+    rounds: Annotated[int, typer.Option(help="Rounds per level")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+) -> None:
+    try:
+        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise typer.BadParameter("--concurrency takes numbers like 1,2,4") from None
+    console = Console(stderr=True)
+    with api_url(settings_from()) as base_url, console.status("Benchmarking…") as status:
+        results = asyncio.run(
+            run_benchmark(
+                base_url,
+                model,
+                levels=levels,
+                max_tokens=max_tokens,
+                rounds=rounds,
+                on_progress=lambda msg: status.update(f"Benchmarking {model}: {msg}"),
+            )
+        )
+    if as_json:
+        print(json.dumps({"model": model, "levels": [r.as_dict() for r in results]}))
+        return
+    table = Table(title=f"{model}, {max_tokens} tokens per request")
+    for column in ("STREAMS", "TTFT ms", "PROMPT tok/s", "GEN tok/s (each)", "GEN tok/s (all)"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            str(r.concurrency),
+            f"{r.ttft_ms_median:.0f}",
+            f"{r.prompt_tokens_per_s:.0f}",
+            f"{r.generation_tokens_per_s:.1f}",
+            f"{r.aggregate_tokens_per_s:.1f}",
+        )
+    Console().print(table)

@@ -1,0 +1,191 @@
+"""OpenAI's proxied routes as plain ASGI, in front of FastAPI: the hot path.
+
+Every streamed token passes through here, and on a small box each microsecond the relay
+spends is taken from the engine. Behind FastAPI each chunk crossed a generator, Starlette's
+StreamingResponse and two ``send`` wrappers (error and exception middleware); here a chunk
+read from the engine goes straight to the client's socket (``engine_stream``; under other
+servers than uvicorn's httptools, to ASGI ``send``). Everything else, and the OpenAPI
+schema, stays with FastAPI.
+
+A client that disconnects is noticed by a watcher on ``receive()``, which closes the
+upstream connection; closing it makes llama-server cancel the generation. Every request,
+proxied or not, passes the API-key check here first (``auth.guard``) and is counted here
+for ``/metrics`` (route, status, duration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from offgrid.api.errors import error_event, error_json, unexpected
+from offgrid.api.relay.engine_client import engine_failed
+from offgrid.api.relay.engine_stream import client_transport
+from offgrid.api.relay.path import Stream
+from offgrid.api.relay.request import ROUTES, parse_request, read_body
+from offgrid.errors import OffGridError
+
+if TYPE_CHECKING:
+    from offgrid.runtime import Runtime
+
+__all__ = ["ProxyApp"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+async def _send_whole(
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    raw = _JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ProxyApp:
+    """ASGI entry point: proxied routes handled here, everything else by ``api``."""
+
+    def __init__(self, api: ASGIApp, state: Any) -> None:
+        self.api = api
+        self.state = state  # FastAPI's app.state: its lifespan puts the runtime there
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        began = time.perf_counter()
+        runtime: Runtime | None = getattr(self.state, "runtime", None)
+        required = ROUTES.get(scope["path"])
+        try:
+            if runtime is not None:
+                runtime.guard.check(scope["method"], scope["path"], scope["headers"])
+        except OffGridError as refused:
+            await _send_whole(send, refused.status, error_json(refused), refused.headers())
+            status, route = refused.status, "refused"
+        else:
+            if required is None or scope["method"] != "POST":
+                status = await self._api(scope, receive, send)
+                route = getattr(scope.get("route"), "path", "unmatched")  # a template
+            else:
+                status = await self._proxied(scope, receive, send, required, began)
+                route = scope["path"]
+        if runtime is not None:
+            runtime.metrics.request(route, status, time.perf_counter() - began)
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Let FastAPI answer; the status it sent."""
+        status = 500
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.api(scope, receive, watched)
+        return status
+
+    async def _proxied(
+        self, scope: Scope, receive: Receive, send: Send, required: str, began: float
+    ) -> int:
+        """Relay a request to its engine; the status sent (499: the client left first)."""
+        try:
+            return await self._proxy(scope, receive, send, required, began)
+        except ConnectionResetError:
+            return 499  # the client left before we answered
+        except Exception as exc:
+            error = exc if isinstance(exc, OffGridError) else unexpected(exc)
+            await _send_whole(send, error.status, error_json(error), error.headers())
+            return error.status
+
+    async def _proxy(
+        self, scope: Scope, receive: Receive, send: Send, required: str, began: float
+    ) -> int:
+        runtime: Runtime = self.state.runtime
+        body = await read_body(scope, receive, runtime.settings.max_request_bytes)
+        req = parse_request(body, required)
+        model, path = runtime.resolve(req.model), scope["path"]
+        if not req.stream:
+            answer = await runtime.relay.whole(path, body, model, keep_alive=req.keep_alive)
+            await _send_whole(send, answer.status, answer.body)
+            return answer.status
+        async with runtime.relay.stream(
+            path, body, model, keep_alive=req.keep_alive, began=began
+        ) as stream:
+            if not stream.ok:
+                await _send_whole(send, stream.status, await stream.error())
+                return stream.status
+            watcher = asyncio.create_task(_close_on_disconnect(receive, stream.close))
+            try:
+                target = client_transport(send)
+                if target is None:
+                    return await _send_pieces(stream, send)
+                return await _splice(stream, target, send)
+            finally:
+                watcher.cancel()
+
+
+async def _splice(stream: Stream, target: tuple[Any, Any], send: Send) -> int:
+    """Relay a streamed answer socket to socket until done or the client leaves; the status
+    sent (499: the client left before the answer was whole)."""
+    upstream = stream.upstream
+    headers = [*_SSE_HEADERS, (b"transfer-encoding", b"chunked")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    transport, flow = target
+
+    def sink(data: bytes) -> None:
+        transport.write(data)
+        stream.seen(data)
+        if flow.write_paused and upstream.transport is not None:
+            upstream.transport.pause_reading()  # a slow client slows the engine's stream
+            asyncio.get_running_loop().create_task(resume_when_drained())
+
+    async def resume_when_drained() -> None:
+        await flow.drain()
+        if upstream.transport is not None and not upstream.transport.is_closing():
+            upstream.transport.resume_reading()
+
+    upstream.splice_to(sink)
+    try:
+        await upstream.done
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except ConnectionError as exc:
+        if upstream.closed_by_us:  # the client left: with the whole answer, or before?
+            return 200 if stream.answered else 499
+        if not upstream.at_boundary:
+            transport.close()  # mid-chunk: only a broken response is honest
+            return 502
+        event = error_event(engine_failed(stream.model_id, exc))
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+    return 200
+
+
+async def _send_pieces(stream: Stream, send: Send) -> int:
+    """Relay a streamed answer through ASGI ``send`` (servers other than uvicorn's httptools)."""
+    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    try:
+        async for piece in stream.pieces():
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+    except OffGridError as exc:  # the engine died or the connection broke mid-stream
+        await send({"type": "http.response.body", "body": error_event(exc), "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return 200
+
+
+async def _close_on_disconnect(receive: Receive, close: Callable[[], None]) -> None:
+    """Wait for the client to go away, then ``close`` the upstream (which stops the engine)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    close()

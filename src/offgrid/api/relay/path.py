@@ -1,0 +1,162 @@
+"""A proxied request's life once parsed: lease a slot → forward → answer → release → count.
+
+Two contracts, for every dialect: ``Relay.whole()`` reads the engine's whole answer,
+``Relay.stream()`` opens a ``Stream`` whose pieces come as the engine makes them. Either
+way the lease on the engine is released, and a completion's tokens, time to first token
+and speed are counted, once the answer is over; an engine's own error comes back in
+OpenAI's shape, and an engine that fails raises ``EngineError``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from offgrid.api.errors import error_body
+from offgrid.api.metrics import Metrics, completion_facts
+from offgrid.api.relay.engine_client import EngineClient, engine_failed
+from offgrid.api.relay.engine_stream import EngineStream
+from offgrid.scheduler import Scheduler
+
+__all__ = ["Answer", "Relay", "Stream", "reshape_error"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An engine's whole answer: its status and body (an error reshaped as OpenAI's)."""
+
+    status: int
+    body: bytes
+    model_id: str
+
+
+class Stream:
+    """A streamed answer in progress, on its own connection to the engine."""
+
+    def __init__(self, upstream: EngineStream, model_id: str, began: float) -> None:
+        self.upstream = upstream
+        self.model_id = model_id
+        self.began = began
+        self.tail: collections.deque[bytes] = collections.deque(maxlen=4)  # by reference
+        self.ttft: float | None = None
+
+    @property
+    def status(self) -> int:
+        return self.upstream.head.result()[0]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the engine is streaming (else ``error()`` has its whole answer)."""
+        return self.status == 200 and self.upstream.chunked
+
+    async def error(self) -> bytes:
+        """The whole answer of a stream that did not start, in OpenAI's shape."""
+        data = await self.upstream.read_whole()
+        return data if self.status == 200 else reshape_error(self.status, data)
+
+    def seen(self, data: bytes) -> None:
+        """Note a piece on its way to the client: the tail holds the usage, the first one
+        is the time to first token."""
+        self.tail.append(data)
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.began
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """The chunks' data as the engine makes it; EngineError if the engine fails midway
+        (end the client's stream with ``error_event``). Ends quietly after ``close()``."""
+        try:
+            async for piece in self.upstream.pieces():
+                self.seen(piece)
+                yield piece
+        except ConnectionError as exc:
+            if not self.upstream.closed_by_us:
+                raise engine_failed(self.model_id, exc) from exc
+
+    def close(self) -> None:
+        """Drop the connection: the engine cancels the generation (the client left)."""
+        self.upstream.close()
+
+    @property
+    def answered(self) -> bool:
+        """Whether the engine's last event came, so the tokens in the tail are the total."""
+        done = self.upstream.done
+        if done.done() and done.exception() is None:
+            return True
+        return bool(self.tail) and b"[DONE]" in self.tail[-1]
+
+
+class Relay:
+    """Forwards requests to the engines the scheduler leases; one per server."""
+
+    def __init__(self, scheduler: Scheduler, metrics: Metrics) -> None:
+        self.client = EngineClient(scheduler)
+        self.metrics = metrics
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def whole(
+        self, path: str, body: bytes, model_id: str, *, keep_alive: float | None = None
+    ) -> Answer:
+        """Send ``body`` to ``path`` on the engine of ``model_id``; its whole answer."""
+        response, lease = await self.client.post(path, body, model_id, keep_alive=keep_alive)
+        try:
+            data = await response.read()
+        except aiohttp.ClientError as exc:
+            raise engine_failed(lease.model_id, exc) from exc
+        finally:
+            response.release()
+            lease.release()
+        if response.status != 200:
+            return Answer(response.status, reshape_error(response.status, data), lease.model_id)
+        self.metrics.completion(lease.model_id, completion_facts(data), None)
+        return Answer(200, data, lease.model_id)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        path: str,
+        body: bytes,
+        model_id: str,
+        *,
+        keep_alive: float | None = None,
+        began: float | None = None,
+    ) -> AsyncIterator[Stream]:
+        """A streamed request to the engine of ``model_id``, held until the block ends.
+
+        ``began`` (``time.perf_counter()``) is when the client's request arrived, for the
+        time to first token.
+        """
+        upstream, lease = await self.client.open_stream(path, body, model_id, keep_alive=keep_alive)
+        stream = Stream(upstream, lease.model_id, time.perf_counter() if began is None else began)
+        try:
+            yield stream
+        finally:
+            upstream.close()
+            lease.release()
+            if stream.ok and stream.answered:
+                facts = completion_facts(b"".join(stream.tail))
+                self.metrics.completion(stream.model_id, facts, stream.ttft)
+
+
+def reshape_error(status: int, data: bytes) -> bytes:
+    """The engine's own error as OpenAI's ``{"error": {message, type, param, code}}``."""
+    message, type_ = data.decode("utf-8", errors="replace")[:2000], "invalid_request_error"
+    try:
+        err = json.loads(data).get("error", {})
+        message = str(err.get("message", message))
+        type_ = str(err.get("type", type_))
+    except (ValueError, AttributeError):
+        pass
+    if status >= 500:
+        type_ = "server_error"
+    return json.dumps(error_body(message, type_)).encode()

@@ -1,0 +1,79 @@
+"""What OffGrid reads of a proxied request: its body (within the size limit) and the few
+fields it owns. The body itself goes to the engine unchanged (DESIGN.md decision 8)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from offgrid.config import parse_duration
+from offgrid.errors import BadRequestError, ConfigError, PayloadTooLargeError
+
+__all__ = ["ROUTES", "ProxyRequest", "parse_request", "read_body"]
+
+# path → the field a request must have besides "model"
+ROUTES = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+}
+
+
+@dataclass(frozen=True)
+class ProxyRequest:
+    """The fields OffGrid owns of a request body."""
+
+    model: str
+    stream: bool
+    keep_alive: float | None  # Ollama-style per-request override, in seconds
+
+
+def parse_request(body: bytes, required: str) -> ProxyRequest:
+    """The fields OffGrid owns; BadRequestError for what it cannot accept."""
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise BadRequestError(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise BadRequestError("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("'model' is required: the id of an installed model.", param="model")
+    if required not in payload:
+        raise BadRequestError(f"'{required}' is required.", param=required)
+    stream = payload.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequestError("'stream' must be true or false.", param="stream")
+    keep_alive = payload.get("keep_alive")
+    try:
+        seconds = None if keep_alive is None else parse_duration(keep_alive)
+    except ConfigError as exc:
+        raise BadRequestError(exc.message, param="keep_alive") from None
+    return ProxyRequest(model, stream is True, seconds)
+
+
+async def read_body(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    limit: int,
+) -> bytes:
+    """The request's body; PayloadTooLargeError past ``limit`` bytes (said or sent),
+    ConnectionResetError if the client leaves first."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and int(value or 0) > limit:
+            raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)

@@ -1,0 +1,98 @@
+"""The one runtime of a server: every long-lived part, built from the settings.
+
+    Settings ─ Registry (models) ─ Scheduler (engines) ─ Relay (requests to engines)
+            └ Guard (API keys), Pulls (Hub downloads), Metrics, the models folders' watch
+
+``Runtime.start(settings)`` builds and starts them (the app's lifespan calls it);
+``close()`` stops them in reverse order, every engine included, so a stopped server
+leaves no child behind. Routes receive it as a dependency (``api.deps``); nothing here is
+a module-level singleton, so two servers can run in one process (the tests do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from offgrid.api.metrics import Metrics
+from offgrid.api.relay.path import Relay
+from offgrid.api.relay.request import ROUTES
+from offgrid.auth.guard import Guard
+from offgrid.auth.keys import KeyStore
+from offgrid.config import Settings, parse_aliases
+from offgrid.engine.plan import (
+    estimate,
+    make_starter,
+    manages_gpu,
+    plan_placement,
+    scheduler_policy,
+)
+from offgrid.hub.pulls import Pulls
+from offgrid.models.registry import ModelInfo, Registry
+from offgrid.models.watcher import watch_folders
+from offgrid.placement import Memory
+from offgrid.resources import available_memory, gpu_free_memory
+from offgrid.scheduler import Scheduler
+
+__all__ = ["Runtime"]
+
+
+@dataclass(eq=False)
+class Runtime:
+    """What a running server is made of; build it with ``await Runtime.start(settings)``."""
+
+    settings: Settings
+    registry: Registry
+    scheduler: Scheduler
+    relay: Relay
+    pulls: Pulls
+    metrics: Metrics
+    guard: Guard
+    aliases: Mapping[str, str]
+    _stop_watch: asyncio.Event
+    _watch: asyncio.Task[None]
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        registry = Registry.for_settings(settings)
+        gpu = await asyncio.to_thread(manages_gpu, settings)
+        scheduler = Scheduler(
+            registry,
+            make_starter(settings, gpu),
+            policy=scheduler_policy(settings),
+            plan=functools.partial(plan_placement, settings, gpu),
+            available=lambda: Memory(available_memory(), gpu_free_memory() if gpu else 0),
+        )
+        metrics = Metrics(scheduler)
+        relay = Relay(scheduler, metrics)
+        await relay.start()
+        settings.models_dir.mkdir(parents=True, exist_ok=True)
+        stop_watch = asyncio.Event()
+        watch = asyncio.create_task(
+            watch_folders(settings.model_folders, scheduler.unload_changed, stop_watch)
+        )
+        guard = Guard(KeyStore.for_settings(settings), inference=ROUTES)
+        aliases = parse_aliases(settings.model_aliases)
+        pulls = Pulls(registry)
+        return cls(
+            settings, registry, scheduler, relay, pulls, metrics, guard, aliases, stop_watch, watch
+        )
+
+    async def close(self) -> None:
+        """Stop everything: the watch, pulls, every engine, the connections, the index."""
+        self._stop_watch.set()
+        await self._watch
+        await self.pulls.close()
+        await self.scheduler.close()
+        await self.relay.close()
+        self.registry.close()
+
+    def resolve(self, name: str) -> str:
+        """The model id a client's name stands for: an alias's model, else the name itself."""
+        return self.aliases.get(name, name)
+
+    def estimate(self, model: ModelInfo) -> dict[str, int]:
+        """The memory ``model`` needs with its settings (``engine.plan.estimate``)."""
+        return estimate(self.settings, model)

@@ -1,0 +1,95 @@
+"""Requests on one loaded engine: at most ``parallel`` run, up to ``max_queue`` more wait
+their turn in arrival order, and each running one holds a ``Lease`` until it is done."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from offgrid.engine.process import Engine
+from offgrid.errors import EngineUnavailableError, OverloadedError
+from offgrid.placement import Placement
+
+__all__ = ["Lease", "Slot"]
+
+
+@dataclass
+class Slot:
+    """A loaded engine and its requests: ``active`` running, ``waiters`` queued in order."""
+
+    engine: Engine
+    placement: Placement
+    keep_alive: float
+    last_used: float
+    active: int = 0
+    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model.id
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and not self.waiters
+
+    async def enter(self, parallel: int, max_queue: int) -> None:
+        """Take a place among the ``parallel`` running, after waiting for one if all are
+        taken; OverloadedError (429) when ``max_queue`` requests wait already."""
+        if self.active >= parallel:
+            await self._wait_turn(parallel, max_queue)
+        self.active += 1
+
+    def leave(self, parallel: int) -> None:
+        """A request is done: its place goes to the first waiter."""
+        self.active -= 1
+        self._hand_over(parallel)
+
+    def fail_waiters(self, message: str) -> None:
+        """Send every waiter back with EngineUnavailableError (the engine died: they reload)."""
+        for turn in self.waiters:
+            if not turn.done():
+                turn.set_exception(EngineUnavailableError(message))
+
+    async def _wait_turn(self, parallel: int, max_queue: int) -> None:
+        if len(self.waiters) >= max_queue:
+            raise OverloadedError(
+                f"'{self.model_id}' is busy: {self.active} requests running and "
+                f"{len(self.waiters)} waiting (OFFGRID_MAX_QUEUE={max_queue}). Retry shortly.",
+                retry_after=2,
+            )
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn in self.waiters:
+                self.waiters.remove(turn)
+            elif turn.done() and not turn.cancelled():
+                self._hand_over(parallel)  # we were given the turn but leave: pass it on
+            raise
+
+    def _hand_over(self, parallel: int) -> None:
+        """Give a free place to the first waiter still waiting."""
+        while self.waiters and self.active < parallel:
+            turn = self.waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+
+
+class Lease:
+    """A request's hold on an engine; ``release()`` is idempotent."""
+
+    def __init__(self, model_id: str, slot: Slot, release: Callable[[Slot], None]) -> None:
+        self.model_id = model_id
+        self.engine = slot.engine
+        self._slot = slot
+        self._release = release
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release(self._slot)

@@ -1,0 +1,1 @@
+"""Running OffGrid as a system service: the systemd notify protocol (``notify``)."""
