@@ -120,6 +120,15 @@ class Server:
                 return int(str(m["pid"]))
         raise AssertionError(f"{model_id} is not loaded: {self.ps()}")
 
+    def engine(self, model_id: str, path: str) -> requests.Response:
+        """GET ``path`` from the model's engine directly, with its secret (read from the
+        engine's environment, as only its own user — here root — can)."""
+        pid, port = self.engine_pid(model_id), self.engine_port(model_id)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        secret = next(e[14:].decode() for e in environ if e.startswith(b"LLAMA_API_KEY="))
+        headers = {"Authorization": f"Bearer {secret}"}
+        return requests.get(f"http://127.0.0.1:{port}{path}", headers=headers, timeout=5)
+
     def engine_port(self, model_id: str) -> int:
         for m in self.ps():
             if m["id"] == model_id and m.get("port"):

@@ -6,6 +6,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 
 import jsonschema
 import openai
@@ -144,10 +145,9 @@ def test_eight_concurrent_chats_all_succeed(server: Server) -> None:
 def test_client_that_drops_mid_stream_frees_its_slot(server: Server) -> None:
     client = server.client()
     client.chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=1)
-    slots_url = f"http://127.0.0.1:{server.engine_port(STARTER_ID)}/slots"
 
     def busy() -> int:
-        return sum(1 for s in requests.get(slots_url, timeout=5).json() if s["is_processing"])
+        return sum(1 for s in server.engine(STARTER_ID, "/slots").json() if s["is_processing"])
 
     lines = stream_data(
         server.url,
@@ -281,3 +281,18 @@ def test_sse_chunks_arrive_as_they_are_made(server: Server) -> None:
         arrivals.append(time.monotonic() - start)
     assert len(arrivals) > 30
     assert arrivals[0] < arrivals[-1] / 2, arrivals[:3] + arrivals[-3:]
+
+
+def test_an_engine_port_is_no_way_around_offgrid(server: Server) -> None:
+    """Issue 15: each engine asks its own secret of every request but /health, so a local
+    user cannot skip OffGrid's keys and queues by calling the engine's port."""
+    server.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=1)
+    engine = f"http://127.0.0.1:{server.engine_port(STARTER_ID)}"
+    body = {"model": STARTER_ID, "messages": HELLO, "max_tokens": 1}
+    r = requests.post(f"{engine}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 401, r.text
+    assert requests.get(f"{engine}/slots", timeout=5).status_code == 401
+    assert requests.get(f"{engine}/health", timeout=5).status_code == 200
+    assert server.engine(STARTER_ID, "/slots").status_code == 200  # with its secret
+    cmdline = Path(f"/proc/{server.engine_pid(STARTER_ID)}/cmdline").read_bytes()
+    assert b"api-key" not in cmdline

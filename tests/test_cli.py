@@ -214,3 +214,29 @@ def test_remove_without_a_server_removes_locally(tmp_path: Path) -> None:
     env = {**os.environ, "OFFGRID_PORT": "1", "OFFGRID_MODELS_DIR": str(tmp_path / "models")}
     proc = run_cli("remove", "nope", env=env)  # no server answers: the registry is asked
     assert proc.returncode == 1 and "nope" in proc.stderr and "No OffGrid server" not in proc.stderr
+
+
+def test_keys_are_made_listed_and_revoked_and_the_cli_sends_one(
+    tmp_path: Path, model_store: Path
+) -> None:
+    """Issue 15: `offgrid keys` manages the API keys; the CLI sends OFFGRID_API_KEY, and
+    says how to get one when the server refuses it."""
+    data = tmp_path / "data"
+    env = {**os.environ, "OFFGRID_DATA_DIR": str(data)}
+    made = run_cli("keys", "create", "--name", "ops", "--expires", "30d", env=env)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("og-") and "shown only now" in made.stderr
+    listed = run_cli("keys", "list", env=env).stdout
+    assert "ops" in listed and "admin" in listed and key not in listed
+    models = link_models(model_store, tmp_path / "m", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"})
+    settings = fake_engine_settings(tmp_path, models, OFFGRID_DATA_DIR=str(data))
+    with serve_in_thread(settings) as url:
+        env["OFFGRID_PORT"] = url.rsplit(":", 1)[1]
+        refused = run_cli("ps", env=env)
+        assert refused.returncode == 1 and "OFFGRID_API_KEY" in refused.stderr
+        assert run_cli("ps", env={**env, "OFFGRID_API_KEY": key}).returncode == 0
+        run_cli("keys", "create", "--name", "spare", env=env)  # no key at all: open again
+        assert "Revoked" in run_cli("keys", "revoke", "ops", env=env).stdout
+        assert run_cli("ps", env={**env, "OFFGRID_API_KEY": key}).returncode == 1
+    assert "signing" in run_cli("signing-key", "--help", env=env).stdout

@@ -87,13 +87,29 @@ def test_placement_follows_the_settings(tmp_path: Path) -> None:
         load_settings({**base, "OFFGRID_GPU_MEMORY": "lots"})
 
 
-def test_an_engine_with_no_gpu_layers_sees_no_gpu() -> None:
+def test_an_engine_with_no_gpu_layers_sees_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CUDA engine at -ngl 0 still took 518-812 MiB of VRAM on an H200 (context, prompt
     batches); hidden from the GPU it took none (docs/decisions.md)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     env = engine_env(EngineOptions(gpu_layers=0))
-    assert env is not None and env["CUDA_VISIBLE_DEVICES"] == "" == env["HIP_VISIBLE_DEVICES"]
-    assert engine_env(EngineOptions(gpu_layers=5)) is None
-    assert engine_env(EngineOptions()) is None  # the engine decides: leave it be
+    assert env["CUDA_VISIBLE_DEVICES"] == "" == env["HIP_VISIBLE_DEVICES"]
+    assert "CUDA_VISIBLE_DEVICES" not in engine_env(EngineOptions(gpu_layers=5))
+    assert "CUDA_VISIBLE_DEVICES" not in engine_env(EngineOptions())  # the engine decides
+
+
+def test_an_engine_gets_its_secret_and_not_the_servers_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15: the engine's key travels in its environment (not argv, which ps shows);
+    systemd's notify socket and the CLI's key stay with the server."""
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "OFFGRID_API_KEY"):
+        monkeypatch.setenv(name, "x")
+    env = engine_env(EngineOptions(), "s3cret")
+    assert env["LLAMA_API_KEY"] == "s3cret"
+    assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "OFFGRID_API_KEY"} & set(env)
+    model = ModelInfo("m", Path("m.gguf"), 1, 0.0, None)
+    argv = build_argv(Path("llama-server"), model, EngineOptions(), 1)
+    assert "s3cret" not in " ".join(argv) and "--api-key" not in argv
 
 
 def test_a_gpu_build_is_found_while_the_gpus_cannot_be_read(

@@ -86,7 +86,7 @@ def wait_done(page: Page) -> None:
 
 
 def engine_idle(server: Server, model: str) -> bool:
-    slots = requests.get(f"http://127.0.0.1:{server.engine_port(model)}/slots", timeout=5).json()
+    slots = server.engine(model, "/slots").json()
     return not any(s.get("is_processing") for s in slots)
 
 

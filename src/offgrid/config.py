@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from offgrid.errors import ConfigError
 
@@ -74,6 +72,8 @@ class Settings:
     load_timeout: float = 300.0
     max_request_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
+    log_format: str = "text"
+    log_prompts: bool = False
     max_loaded_models: int = 3
     max_queue: int = 64
     keep_alive: str = "5m"
@@ -172,6 +172,18 @@ FIELDS: tuple[Setting, ...] = (
         "Largest request body accepted",
     ),
     Setting("log_level", "OFFGRID_LOG_LEVEL", "logging.level", "debug, info, warning or error"),
+    Setting(
+        "log_format",
+        "OFFGRID_LOG_FORMAT",
+        "logging.format",
+        "text (journald-friendly) or json (one object per line, for collectors)",
+    ),
+    Setting(
+        "log_prompts",
+        "OFFGRID_LOG_PROMPTS",
+        "logging.prompts",
+        "Log each request's body at debug (off: prompts never reach the logs)",
+    ),
     Setting(
         "max_loaded_models",
         "OFFGRID_MAX_LOADED_MODELS",
@@ -283,10 +295,10 @@ def human_size(n: float) -> str:
 
 
 def parse_duration(value: str | float) -> float:
-    """Seconds from ``300``, ``"300s"``, ``"5m"``, ``"1h"``; negative means forever."""
+    """Seconds from ``300``, ``"300s"``, ``"5m"``, ``"1h"``, ``"30d"``; negative means forever."""
     text = str(value).strip().lower()
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for suffix in ("ms", "s", "m", "h"):
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    for suffix in ("ms", "s", "m", "h", "d"):
         if text.endswith(suffix) and text[: -len(suffix)].strip():
             number, scale = text[: -len(suffix)], units[suffix]
             break
@@ -337,6 +349,8 @@ def config_file_path(env: Mapping[str, str]) -> Path | None:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse a YAML or JSON config file into ``{setting name: value}``."""
+    import yaml  # here: most commands run with no config file, and yaml costs 25 ms
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -357,6 +371,14 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if node is not None:
             values[setting.name] = node
     return values
+
+
+def _one_of(*choices: str) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        if value.lower() not in choices:
+            raise ConfigError(f"use one of {', '.join(choices)}")
+
+    return check
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -384,6 +406,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 "gpu_memory": parse_size,
                 "model_aliases": parse_aliases,
                 "model_settings": parse_model_settings,
+                "log_level": _one_of("debug", "info", "warning", "error"),
+                "log_format": _one_of("text", "json"),
             }.get(name)
             if check:
                 check(coerced[name])

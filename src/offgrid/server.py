@@ -10,7 +10,6 @@ STOPPING when it begins to shut down; elsewhere those calls do nothing.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 
 import uvicorn
@@ -20,13 +19,7 @@ from offgrid.auth.guard import refuse_open_exposure
 from offgrid.config import Settings
 from offgrid.service.notify import notify, watchdog, watchdog_interval
 
-__all__ = ["configure_logging", "make_server"]
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+__all__ = ["make_server"]
 
 
 class _Server(uvicorn.Server):

@@ -93,7 +93,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "setup:setup",
         "Build llama-server (once per machine, cached) and place the starter model.",
     ),
-    "key": ("bundles:key_app", "This node's signing key and the keys it trusts."),
+    "keys": ("keys_cmd:app", "API keys: create (shown once), list, revoke."),
+    "doctor": (
+        "service_cmd:doctor",
+        "Check the service, port, health, engine, models folder, disk, GPU and config.",
+    ),
+    "logs": ("service_cmd:logs", "Show the service's log from the journal (-f to follow)."),
+    "signing-key": (
+        "bundles:key_app",
+        "This node's bundle-signing key and the signing keys it trusts.",
+    ),
     "config": ("config_cmd:app", "Show, create or check the configuration."),
 }
 

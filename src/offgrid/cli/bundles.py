@@ -116,7 +116,7 @@ def key(ctx: typer.Context) -> None:
 
 @key_app.command("trust")
 def trust(
-    public_key: Annotated[str, typer.Argument(help="A key as `offgrid key` prints it")],
+    public_key: Annotated[str, typer.Argument(help="A key as `offgrid signing-key` prints it")],
     name: Annotated[str, typer.Option(help="Who it belongs to")] = "",
 ) -> None:
     """Trust bundles signed by this key (from then on, only trusted ones are accepted)."""

@@ -15,12 +15,26 @@ from typing import TYPE_CHECKING, Any
 
 from offgrid.cli.common import settings_from
 from offgrid.config import Settings
-from offgrid.errors import EngineError, EngineUnavailableError, ModelNotFoundError, OffGridError
+from offgrid.errors import (
+    AuthenticationError,
+    EngineError,
+    EngineUnavailableError,
+    ModelNotFoundError,
+    OffGridError,
+)
 
 if TYPE_CHECKING:
     import httpx2
 
 __all__ = ["api_url", "call_server", "model_ids", "stream_reply"]
+
+_KEY_HINT = " Give the CLI a key: OFFGRID_API_KEY=<key> (an admin makes one: offgrid keys create)."
+
+
+def _auth() -> dict[str, str]:
+    """The API key header, when OFFGRID_API_KEY (or the config file) gives one."""
+    key = settings_from().api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def call_server(method: str, path: str, **kwargs: Any) -> Any:
@@ -30,14 +44,17 @@ def call_server(method: str, path: str, **kwargs: Any) -> Any:
     settings = settings_from()
     url = f"http://{settings.host}:{settings.port}{path}"
     try:
-        resp = httpx2.request(method, url, timeout=600, **kwargs)
+        resp = httpx2.request(method, url, timeout=600, headers=_auth(), **kwargs)
     except httpx2.HTTPError as exc:
         raise EngineUnavailableError(
             f"No OffGrid server answers at {url} ({type(exc).__name__}). Start it: offgrid serve"
         ) from exc
     data = resp.json()
     if resp.status_code >= 400:
-        raise OffGridError(str(data.get("error", {}).get("message", data)))
+        message = str(data.get("error", {}).get("message", data))
+        if resp.status_code == 401:
+            raise AuthenticationError(message + _KEY_HINT)
+        raise OffGridError(message)
     return data
 
 
@@ -85,7 +102,9 @@ def model_ids(base_url: str) -> list[str]:
     import httpx2
 
     try:
-        resp = httpx2.get(f"{base_url}/v1/models", timeout=30)
+        resp = httpx2.get(f"{base_url}/v1/models", timeout=30, headers=_auth())
+        if resp.status_code != 200:
+            raise _api_error(resp)
         return [m["id"] for m in resp.json()["data"]]
     except (httpx2.HTTPError, ValueError, KeyError) as exc:
         raise EngineError(f"Cannot list models at {base_url}: {exc}") from exc
@@ -98,9 +117,8 @@ def stream_reply(base_url: str, model: str, messages: list[dict[str, str]]) -> I
     body = {"model": model, "messages": messages, "stream": True}
     url = f"{base_url}/v1/chat/completions"
     try:
-        with httpx2.stream(
-            "POST", url, json=body, timeout=httpx2.Timeout(None, connect=10)
-        ) as resp:
+        timeout = httpx2.Timeout(None, connect=10)
+        with httpx2.stream("POST", url, json=body, timeout=timeout, headers=_auth()) as resp:
             if resp.status_code != 200:
                 raise _api_error(resp)
             for line in resp.iter_lines():
@@ -130,4 +148,6 @@ def _api_error(resp: httpx2.Response) -> OffGridError:
         err = ModelNotFoundError("")
         err.message = message
         return err
+    if resp.status_code == 401:
+        return AuthenticationError(message + _KEY_HINT)
     return EngineError(f"The server answered {resp.status_code}: {message}")

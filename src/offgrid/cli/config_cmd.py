@@ -13,12 +13,22 @@ from rich.table import Table
 
 from offgrid.atomic_files import atomic_writer
 from offgrid.cli.common import settings_from
-from offgrid.config import FIELDS, Settings, config_file_path, load_settings, read_config_file
+from offgrid.config import (
+    FIELDS,
+    SECRETS,
+    Settings,
+    config_file_path,
+    load_settings,
+    read_config_file,
+)
 
 
 def _as_file(settings: Settings) -> dict[str, dict[str, object]]:
+    """The settings as a config file's tree; secrets stay out (the file is 0644)."""
     tree: dict[str, dict[str, object]] = {}
     for s in FIELDS:
+        if s.name in SECRETS:
+            continue
         section, key = s.file_key.split(".", 1)
         value = getattr(settings, s.name)
         tree.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value

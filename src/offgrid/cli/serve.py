@@ -16,9 +16,19 @@ def serve(
     models_dir: Annotated[
         Path | None, typer.Option(help="Models folder [OFFGRID_MODELS_DIR]")
     ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve beyond loopback with no API key: anyone who can reach it may use it",
+        ),
+    ] = False,
 ) -> None:
-    from offgrid.server import configure_logging, make_server
+    from offgrid.logs import configure
+    from offgrid.server import make_server
 
-    settings = settings_from(host=host, port=port, models_dir=models_dir)
-    configure_logging(settings.log_level)
+    settings = settings_from(
+        host=host, port=port, models_dir=models_dir, insecure_no_auth=insecure_no_auth or None
+    )
+    configure(settings)
     make_server(settings).run()

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -140,16 +141,27 @@ def build_argv(
     return argv + template_args(model) + list(options.extra_args)
 
 
-def engine_env(options: EngineOptions) -> dict[str, str] | None:
-    """The engine's environment: with 0 GPU layers it sees no GPU at all.
+# What the engine must not inherit: systemd's notify socket and watchdog are the server's
+# own, and the key the CLI sends is not the engine's business.
+_NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "OFFGRID_API_KEY")
 
-    A CUDA engine at ``-ngl 0`` still creates a CUDA context and runs prompt batches on
-    the GPU (about 800 MiB of VRAM measured), which a model placed on the CPU because
-    the GPU is full must not take.
+
+def engine_env(options: EngineOptions, secret: str | None = None) -> dict[str, str]:
+    """The engine's environment: its secret, and with 0 GPU layers no GPU at all.
+
+    ``secret`` goes in ``LLAMA_API_KEY`` (llama-server's ``--api-key``, read from the
+    environment so that ``ps`` does not show it; /proc/PID/environ is readable only by the
+    service's user): every request but ``/health`` then needs it, so the engine's loopback
+    port is no way around OffGrid's keys and queues. A CUDA engine at ``-ngl 0`` still
+    creates a CUDA context and runs prompt batches on the GPU (about 800 MiB of VRAM
+    measured), which a model placed on the CPU because the GPU is full must not take.
     """
-    if options.gpu_layers != 0:
-        return None
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    if secret is not None:
+        env["LLAMA_API_KEY"] = secret
+    if options.gpu_layers == 0:
+        env |= {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+    return env
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -198,6 +210,8 @@ class Engine:
         self._watch: asyncio.Task[None] | None = None
         self.on_exit: Callable[[Engine], None] | None = None
         self.exit_reason = ""
+        self.secret = secrets.token_urlsafe(32)  # what the engine asks of every request
+        self.auth_header = f"Bearer {self.secret}"
 
     @property
     def state(self) -> EngineState:
@@ -238,7 +252,7 @@ class Engine:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"engine-{model.id}.log"
         engine = cls(model, argv, port, log_path, host)
-        await engine._spawn(engine_env(options))
+        await engine._spawn(engine_env(options, engine.secret))
         try:
             await engine._wait_ready(timeout)
             engine._check_alive()  # it may die between its last /health and now
@@ -255,7 +269,7 @@ class Engine:
         )
         return engine
 
-    async def _spawn(self, env: dict[str, str] | None) -> None:
+    async def _spawn(self, env: dict[str, str]) -> None:
         with self.log_path.open("wb") as out:
             out.write(("$ " + " ".join(self.argv) + "\n").encode())
             out.flush()

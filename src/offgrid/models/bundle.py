@@ -222,6 +222,6 @@ def _readme(manifest: dict[str, Any], keys: Keys | None) -> str:
         lines += [
             "",
             "The manifest is signed by this node key; trust it on the destination with:",
-            f"  offgrid key trust {keys.public_key()}",
+            f"  offgrid signing-key trust {keys.public_key()}",
         ]
     return "\n".join(lines) + "\n"

@@ -106,12 +106,12 @@ class Keys:
         return keys
 
     def trust(self, key: str, name: str = "") -> None:
-        """Add a public key (base64, as ``offgrid key`` prints it) to the trusted ones."""
+        """Add a public key (base64, as ``offgrid signing-key`` prints it) to the trusted ones."""
         try:
             Ed25519PublicKey.from_public_bytes(base64.b64decode(key, validate=True))
         except (ValueError, binascii.Error) as exc:
             raise BadRequestError(
-                f"'{key}' is not an ed25519 public key: copy it whole from `offgrid key` "
+                f"'{key}' is not an ed25519 public key: copy it whole from `offgrid signing-key` "
                 "on the node that signs"
             ) from exc
         if "\n" in name or "\r" in name:
@@ -133,9 +133,9 @@ class Keys:
         if trusted and not allow_untrusted:
             raise IntegrityError(
                 f"{what} is {who}, and this node accepts only bundles signed by a trusted key. "
-                "Trust the signer with `offgrid key trust KEY`, or import with "
+                "Trust the signer with `offgrid signing-key trust KEY`, or import with "
                 "--allow-untrusted."
             )
         if signer is None:
             return "unsigned: checked against its manifest's hashes only"
-        return f"{who}; trust it with `offgrid key trust {signer}`"
+        return f"{who}; trust it with `offgrid signing-key trust {signer}`"

@@ -26,7 +26,6 @@ from offgrid.scheduler import Lease, Scheduler
 
 __all__ = ["EngineClient", "engine_failed"]
 
-_JSON = {"Content-Type": "application/json"}
 _RETRYABLE = (
     aiohttp.ClientConnectorError,
     aiohttp.ServerDisconnectedError,
@@ -81,7 +80,8 @@ class EngineClient:
 
         async def post(engine: Engine, retry: bool) -> aiohttp.ClientResponse:
             http = fresh if retry else pooled
-            return await http.post(engine.url + path, data=body, headers=_JSON)
+            headers = {"Content-Type": "application/json", "Authorization": engine.auth_header}
+            return await http.post(engine.url + path, data=body, headers=headers)
 
         return await self._with_engine(model_id, post, keep_alive)
 
@@ -94,7 +94,7 @@ class EngineClient:
             spare = None if retry else self._take_spare(engine)
             stream = spare or await connect(engine.host, engine.port)
             self._refill_spare(engine)
-            await send_request(stream, engine.host, engine.port, path, body)
+            await send_request(stream, engine, path, body)
             return stream
 
         return await self._with_engine(model_id, start, keep_alive)

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from offgrid.engine.process import Engine
 
 __all__ = ["EngineStream", "client_transport", "connect", "send_request"]
 
@@ -199,13 +202,14 @@ async def connect(host: str, port: int) -> EngineStream:
     return stream
 
 
-async def send_request(stream: EngineStream, host: str, port: int, path: str, body: bytes) -> None:
-    """Send a streamed POST on ``stream`` and wait for the response head."""
+async def send_request(stream: EngineStream, engine: Engine, path: str, body: bytes) -> None:
+    """Send a streamed POST to ``engine`` on ``stream`` and wait for the response head."""
     assert stream.transport is not None
     stream.requested = True
     stream.transport.write(
         (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {engine.host}:{engine.port}\r\n"
+            f"Authorization: {engine.auth_header}\r\n"
             "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()

@@ -16,16 +16,19 @@ for ``/metrics`` (route, status, duration).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from offgrid.api.errors import error_event, error_json, unexpected
 from offgrid.api.relay.engine_client import engine_failed
 from offgrid.api.relay.engine_stream import client_transport
-from offgrid.api.relay.path import Stream
+from offgrid.api.relay.path import Answer, Stream
 from offgrid.api.relay.request import ROUTES, parse_request, read_body
 from offgrid.errors import OffGridError
+from offgrid.logs import request_line
 
 if TYPE_CHECKING:
     from offgrid.runtime import Runtime
@@ -37,6 +40,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("offgrid.api")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
@@ -54,6 +59,14 @@ async def _send_whole(
     await send({"type": "http.response.body", "body": body})
 
 
+@dataclass
+class _Outcome:
+    """What a proxied request's log line tells: its model and, once over, its answer."""
+
+    model: str | None = None
+    answer: Answer | Stream | None = None
+
+
 class ProxyApp:
     """ASGI entry point: proxied routes handled here, everything else by ``api``."""
 
@@ -68,6 +81,7 @@ class ProxyApp:
         began = time.perf_counter()
         runtime: Runtime | None = getattr(self.state, "runtime", None)
         required = ROUTES.get(scope["path"])
+        outcome = _Outcome()
         try:
             if runtime is not None:
                 runtime.guard.check(scope["method"], scope["path"], scope["headers"])
@@ -79,10 +93,13 @@ class ProxyApp:
                 status = await self._api(scope, receive, send)
                 route = getattr(scope.get("route"), "path", "unmatched")  # a template
             else:
-                status = await self._proxied(scope, receive, send, required, began)
+                status = await self._proxied(scope, receive, send, required, began, outcome)
                 route = scope["path"]
+        seconds = time.perf_counter() - began
         if runtime is not None:
-            runtime.metrics.request(route, status, time.perf_counter() - began)
+            runtime.metrics.request(route, status, seconds)
+        facts = outcome.answer.facts if outcome.answer is not None else None
+        request_line(scope["method"], route, status, seconds, model=outcome.model, tokens=facts)
 
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Let FastAPI answer; the status it sent."""
@@ -98,11 +115,17 @@ class ProxyApp:
         return status
 
     async def _proxied(
-        self, scope: Scope, receive: Receive, send: Send, required: str, began: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        required: str,
+        began: float,
+        outcome: _Outcome,
     ) -> int:
         """Relay a request to its engine; the status sent (499: the client left first)."""
         try:
-            return await self._proxy(scope, receive, send, required, began)
+            return await self._proxy(scope, receive, send, required, began, outcome)
         except ConnectionResetError:
             return 499  # the client left before we answered
         except Exception as exc:
@@ -111,19 +134,30 @@ class ProxyApp:
             return error.status
 
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, required: str, began: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        required: str,
+        began: float,
+        outcome: _Outcome,
     ) -> int:
         runtime: Runtime = self.state.runtime
         body = await read_body(scope, receive, runtime.settings.max_request_bytes)
         req = parse_request(body, required)
         model, path = runtime.resolve(req.model), scope["path"]
+        outcome.model = model
+        if runtime.settings.log_prompts:  # OFFGRID_LOG_PROMPTS=1: asked for, never by default
+            log.info("request body for %s: %s", path, body[:4000].decode(errors="replace"))
         if not req.stream:
             answer = await runtime.relay.whole(path, body, model, keep_alive=req.keep_alive)
+            outcome.answer = answer
             await _send_whole(send, answer.status, answer.body)
             return answer.status
         async with runtime.relay.stream(
             path, body, model, keep_alive=req.keep_alive, began=began
         ) as stream:
+            outcome.answer = stream
             if not stream.ok:
                 await _send_whole(send, stream.status, await stream.error())
                 return stream.status

@@ -12,9 +12,9 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -29,11 +29,13 @@ __all__ = ["Answer", "Relay", "Stream", "reshape_error"]
 
 @dataclass(frozen=True)
 class Answer:
-    """An engine's whole answer: its status and body (an error reshaped as OpenAI's)."""
+    """An engine's whole answer: its status and body (an error reshaped as OpenAI's), and
+    the completion's tokens and speed (``metrics.completion_facts``)."""
 
     status: int
     body: bytes
     model_id: str
+    facts: Mapping[str, float] = field(default_factory=dict)
 
 
 class Stream:
@@ -45,6 +47,7 @@ class Stream:
         self.began = began
         self.tail: collections.deque[bytes] = collections.deque(maxlen=4)  # by reference
         self.ttft: float | None = None
+        self.facts: Mapping[str, float] = {}  # once the stream is over and was whole
 
     @property
     def status(self) -> int:
@@ -118,8 +121,9 @@ class Relay:
             lease.release()
         if response.status != 200:
             return Answer(response.status, reshape_error(response.status, data), lease.model_id)
-        self.metrics.completion(lease.model_id, completion_facts(data), None)
-        return Answer(200, data, lease.model_id)
+        facts = completion_facts(data)
+        self.metrics.completion(lease.model_id, facts, None)
+        return Answer(200, data, lease.model_id, facts)
 
     @asynccontextmanager
     async def stream(
@@ -144,8 +148,8 @@ class Relay:
             upstream.close()
             lease.release()
             if stream.ok and stream.answered:
-                facts = completion_facts(b"".join(stream.tail))
-                self.metrics.completion(stream.model_id, facts, stream.ttft)
+                stream.facts = completion_facts(b"".join(stream.tail))
+                self.metrics.completion(stream.model_id, stream.facts, stream.ttft)
 
 
 def reshape_error(status: int, data: bytes) -> bytes:
