@@ -365,7 +365,10 @@ def test_trust_once_configured_refuses_bundles_from_unknown_keys(
     }
     third = Node(tmp_path / "third")
     assert (
-        third.cli("signing-key", "trust", node.keys.public_key(), "--name", "field laptop").returncode == 0
+        third.cli(
+            "signing-key", "trust", node.keys.public_key(), "--name", "field laptop"
+        ).returncode
+        == 0
     )
     third.keys.trust(stranger.public_key())
     assert {o.status for o in third.import_(bundle)} == {"imported"}
