@@ -60,9 +60,15 @@ async def _send_whole(
 
 
 @dataclass
-class _Outcome:
-    """What a proxied request's log line tells: its model and, once over, its answer."""
+class _Call:
+    """One proxied request: its ASGI triple, the field its route needs, when it came, and
+    for its log line the model and, once over, the answer."""
 
+    scope: Scope
+    receive: Receive
+    send: Send
+    required: str
+    began: float
     model: str | None = None
     answer: Answer | Stream | None = None
 
@@ -81,7 +87,7 @@ class ProxyApp:
         began = time.perf_counter()
         runtime: Runtime | None = getattr(self.state, "runtime", None)
         required = ROUTES.get(scope["path"])
-        outcome = _Outcome()
+        call = _Call(scope, receive, send, required or "", began)
         try:
             if runtime is not None:
                 runtime.guard.check(scope["method"], scope["path"], scope["headers"])
@@ -93,13 +99,13 @@ class ProxyApp:
                 status = await self._api(scope, receive, send)
                 route = getattr(scope.get("route"), "path", "unmatched")  # a template
             else:
-                status = await self._proxied(scope, receive, send, required, began, outcome)
+                status = await self._proxied(call)
                 route = scope["path"]
         seconds = time.perf_counter() - began
         if runtime is not None:
             runtime.metrics.request(route, status, seconds)
-        facts = outcome.answer.facts if outcome.answer is not None else None
-        request_line(scope["method"], route, status, seconds, model=outcome.model, tokens=facts)
+        facts = call.answer.facts if call.answer is not None else None
+        request_line(scope["method"], route, status, seconds, model=call.model, tokens=facts)
 
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Let FastAPI answer; the status it sent."""
@@ -114,50 +120,35 @@ class ProxyApp:
         await self.api(scope, receive, watched)
         return status
 
-    async def _proxied(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        required: str,
-        began: float,
-        outcome: _Outcome,
-    ) -> int:
+    async def _proxied(self, call: _Call) -> int:
         """Relay a request to its engine; the status sent (499: the client left first)."""
         try:
-            return await self._proxy(scope, receive, send, required, began, outcome)
+            return await self._proxy(call)
         except ConnectionResetError:
             return 499  # the client left before we answered
         except Exception as exc:
             error = exc if isinstance(exc, OffGridError) else unexpected(exc)
-            await _send_whole(send, error.status, error_json(error), error.headers())
+            await _send_whole(call.send, error.status, error_json(error), error.headers())
             return error.status
 
-    async def _proxy(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        required: str,
-        began: float,
-        outcome: _Outcome,
-    ) -> int:
+    async def _proxy(self, call: _Call) -> int:
         runtime: Runtime = self.state.runtime
-        body = await read_body(scope, receive, runtime.settings.max_request_bytes)
-        req = parse_request(body, required)
-        model, path = runtime.resolve(req.model), scope["path"]
-        outcome.model = model
+        receive, send = call.receive, call.send
+        body = await read_body(call.scope, receive, runtime.settings.max_request_bytes)
+        req = parse_request(body, call.required)
+        model, path = runtime.resolve(req.model), call.scope["path"]
+        call.model = model
         if runtime.settings.log_prompts:  # OFFGRID_LOG_PROMPTS=1: asked for, never by default
             log.info("request body for %s: %s", path, body[:4000].decode(errors="replace"))
         if not req.stream:
             answer = await runtime.relay.whole(path, body, model, keep_alive=req.keep_alive)
-            outcome.answer = answer
+            call.answer = answer
             await _send_whole(send, answer.status, answer.body)
             return answer.status
         async with runtime.relay.stream(
-            path, body, model, keep_alive=req.keep_alive, began=began
+            path, body, model, keep_alive=req.keep_alive, began=call.began
         ) as stream:
-            outcome.answer = stream
+            call.answer = stream
             if not stream.ok:
                 await _send_whole(send, stream.status, await stream.error())
                 return stream.status
