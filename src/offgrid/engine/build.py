@@ -185,10 +185,13 @@ def _complete(folder: Path) -> bool:
     return (folder / "ENGINE.json").is_file() and (folder / "bin" / "llama-server").is_file()
 
 
-def _source_of(folder: Path) -> str:
-    """The sdist sha256 a completed build was made from."""
+def _built(folder: Path, *keys: str) -> str:
+    """A field of a build folder's ENGINE.json (``"source", "sha256"``), or "" without one."""
     try:
-        return str(json.loads((folder / "ENGINE.json").read_text())["source"]["sha256"])
+        value = json.loads((folder / "ENGINE.json").read_text())
+        for key in keys:
+            value = value[key]
+        return str(value)
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
@@ -199,7 +202,8 @@ def find_engine(settings: Settings) -> EngineBinary:
         path = Path(settings.llama_server).expanduser()
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise ConfigError(f"OFFGRID_LLAMA_SERVER={path} is not an executable file")
-        return EngineBinary(path, "unknown", "OFFGRID_LLAMA_SERVER")
+        backend = _built(path.parent.parent, "backend") or "unknown"  # one of our builds, moved
+        return EngineBinary(path, backend, "OFFGRID_LLAMA_SERVER")
     preferred = detect_backend()
     for backend in dict.fromkeys((preferred, "cpu")):
         plan = plan_build(settings.cache_dir, backend)
@@ -207,7 +211,7 @@ def find_engine(settings: Settings) -> EngineBinary:
         if backend != "cpu":  # a GPU build whose key the GPUs cannot confirm right now
             folders += sorted(plan.folder.parent.glob(f"{backend}-*"))  # (driver not up yet)
         for folder in folders:
-            if _complete(folder) and _source_of(folder) == SOURCE.sha256:
+            if _complete(folder) and _built(folder, "source", "sha256") == SOURCE.sha256:
                 return EngineBinary(folder / "bin" / "llama-server", backend, str(folder))
     raise EngineUnavailableError(
         "No llama-server engine is installed. Run `offgrid setup` (builds it once, "
