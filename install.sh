@@ -55,20 +55,9 @@ usage() {
     sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
 }
 
-die() {
-    echo "install.sh: $*" >&2
-    exit 1
-}
-
-step() { echo "== $*"; }
-
-# Every command that changes the system goes through run: printed, and skipped in a dry run.
-run() {
-    printf '   $'
-    printf ' %q' "$@"
-    printf '\n'
-    [ "$DRY_RUN" -eq 1 ] || "$@"
-}
+# die, step and run (printed, skipped with --dry-run)
+# shellcheck source=deploy/steps.sh
+. "$(dirname "${BASH_SOURCE[0]}")/deploy/steps.sh"
 
 # write_file PATH MODE OWNER:GROUP, content on stdin; written beside PATH, then renamed.
 write_file() {

@@ -23,20 +23,9 @@ PURGE=0
 DRY_RUN=0
 PREFIX=""
 
-die() {
-    echo "uninstall.sh: $*" >&2
-    exit 1
-}
-
-step() { echo "== $*"; }
-
-# Every command that changes the system goes through run: printed, and skipped in a dry run.
-run() {
-    printf '   $'
-    printf ' %q' "$@"
-    printf '\n'
-    [ "$DRY_RUN" -eq 1 ] || "$@"
-}
+# die, step and run (printed, skipped with --dry-run)
+# shellcheck source=deploy/steps.sh
+. "$(dirname "${BASH_SOURCE[0]}")/deploy/steps.sh"
 
 ARGS="$*" # for messages
 while [ $# -gt 0 ]; do
