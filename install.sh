@@ -398,14 +398,14 @@ if [ -r @ENV_FILE@ ]; then
         esac
     done <@ENV_FILE@
 fi
-if [ "$(id -u)" -eq 0 ]; then
+if [ "$(id -u)" -eq 0 ] && [ "${1:-}" != logs ]; then # the journal is root's to read
     exec runuser -u @SVC_USER@ -- @VENV@/bin/offgrid "$@"
 fi
 # The registry and keys are the service's alone (its UMask is 077): commands that read or
 # change them need root. The others (ps, run, load, stop, info, config…) ask the server.
 if [ ! -w @STATE_DIR@ ]; then
     case ${1:-} in
-    list | show | verify | remove | import | export | key | keys | signing-key | download | download-hf | catalog | setup)
+    list | show | verify | remove | import | export | keys | signing-key | download | download-hf | catalog | setup)
         echo "offgrid $1 works on the service's models and registry in @STATE_DIR@: run it as root (sudo offgrid $*)." >&2
         exit 1
         ;;

@@ -37,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fake_hub import FakeHub
 from models import make_source
-from offgrid.config import load_settings, parse_size
+from offgrid.config import load_settings
 from offgrid.hub import client
 from offgrid.hub.download import fetch_model
 from offgrid.models.registry import Registry
+from offgrid.units import parse_size
 
 OFFGRID = [sys.executable, "-m", "offgrid"]
 REPO = "bench/big-GGUF"

@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from offgrid.config import load_settings, parse_size
+from offgrid.config import load_settings
 from offgrid.models.registry import Registry
 from offgrid.models.starter import GEMMA, STARTER
+from offgrid.units import parse_size
 
 OFFGRID = [sys.executable, "-m", "offgrid"]
 

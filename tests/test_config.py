@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from offgrid.config import load_settings, parse_aliases, parse_duration, parse_model_settings
+from offgrid.config import load_settings, parse_aliases, parse_model_settings
 from offgrid.errors import ConfigError
+from offgrid.units import parse_duration
 
 
 def test_defaults_bind_loopback_on_11611(isolated_home: Path) -> None:

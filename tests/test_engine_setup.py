@@ -129,3 +129,36 @@ def test_a_gpu_build_is_found_while_the_gpus_cannot_be_read(
     (built / "ENGINE.json").write_text(json.dumps({"source": {"sha256": "other"}}))
     with pytest.raises(EngineUnavailableError):  # other sources: not this engine
         build.find_engine(settings)
+
+
+@pytest.mark.parametrize("has_filter", [True, False])
+def test_engine_sources_unpack_safely_on_every_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_filter: bool
+) -> None:
+    """Debian 12's python 3.11.2 has no tarfile.data_filter (3.11.4 added it): unpacking
+    must refuse an entry that climbs out of the folder there too."""
+    import io
+    import tarfile
+
+    from offgrid.engine.build import _extract
+    from offgrid.errors import SetupError
+
+    if not has_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(name: str, names: list[str]) -> Path:
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for member in names:
+                info = tarfile.TarInfo(member)
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"ok"))
+        return path
+
+    good = archive("good.tar.gz", ["top/vendor/a.txt", "top/other.txt"])
+    out = _extract(good, tmp_path / "good", "vendor")
+    assert (out / "a.txt").read_text() == "ok" and not (tmp_path / "good/top/other.txt").exists()
+    bad = archive("bad.tar.gz", ["top/vendor/a.txt", "top/vendor/../../../evil.txt"])
+    with pytest.raises((SetupError, tarfile.FilterError)):
+        _extract(bad, tmp_path / "bad", "vendor")
+    assert not (tmp_path / "evil.txt").exists()

@@ -311,6 +311,29 @@ def test_main_process_runs_as_offgrid(installed: Installed) -> None:
     assert m.run(f"ps -o user= -p {pid}").stdout.strip() == "offgrid"
 
 
+def test_doctor_finds_nothing_wrong_and_logs_read_the_journal(installed: Installed) -> None:
+    """Issue 15: `offgrid doctor` checks the installed service line by line; `offgrid logs`
+    reads its journal, with one line per request and no prompt in it."""
+    m = installed.machine
+    status, _ = _http(
+        m,
+        "/v1/chat/completions",
+        {
+            "model": STARTER.model_id,
+            "messages": [{"role": "user", "content": "kumquat"}],
+            "max_tokens": 8,
+        },
+    )
+    assert status == 200
+    doctor = m.run("cd / && offgrid doctor", check=False)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    for check in ("config", "service", "port", "health", "engine", "models", "disk", "gpu"):
+        assert re.search(rf"^ok +{check} ", doctor.stdout, re.M), doctor.stdout
+    logs = m.run("offgrid logs -n 200").stdout
+    assert "route=/v1/chat/completions" in logs and f"model={STARTER.model_id}" in logs, logs
+    assert "kumquat" not in logs
+
+
 def test_security_of_the_installed_unit_under_systemd(installed: Installed) -> None:
     """Scored by the container's running systemd on the unit as loaded (drop-ins and all),
     and offline on the installed file; verify silent now that ExecStart exists."""

@@ -24,8 +24,8 @@ from typing import IO, BinaryIO, Literal, Protocol
 
 import psutil
 
-from offgrid.config import human_size
 from offgrid.errors import BadRequestError, IntegrityError, StorageError
+from offgrid.units import human_size
 
 __all__ = [
     "CHUNK",

@@ -10,11 +10,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from offgrid.api.deps import RuntimeDep
-from offgrid.config import parse_duration
 from offgrid.errors import BadRequestError, ConfigError, ConflictError
 from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
 from offgrid.models.sources import find_candidates
+from offgrid.units import parse_duration
 
 __all__ = ["router"]
 

@@ -17,12 +17,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from offgrid.api.deps import RuntimeDep
-from offgrid.config import Settings, parse_size
+from offgrid.config import Settings
 from offgrid.errors import BadRequestError
 from offgrid.hub import client
 from offgrid.hub.pulls import Pull, Pulls
 from offgrid.models import catalog
 from offgrid.resources import system_facts
+from offgrid.units import parse_size
 
 __all__ = ["router"]
 

@@ -99,6 +99,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Check the service, port, health, engine, models folder, disk, GPU and config.",
     ),
     "logs": ("service_cmd:logs", "Show the service's log from the journal (-f to follow)."),
+    "pack": (
+        "pack:pack",
+        "Write an installer for boxes with no network: wheels, engine, models, all signed.",
+    ),
     "signing-key": (
         "bundles:key_app",
         "This node's bundle-signing key and the signing keys it trusts.",

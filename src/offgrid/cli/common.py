@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from offgrid.config import Settings, human_size, load_settings
+from offgrid.config import Settings, load_settings
+from offgrid.units import human_size
 
 if TYPE_CHECKING:  # rich's progress bars are imported by the commands that draw them
     from rich.progress import Progress as RichProgress

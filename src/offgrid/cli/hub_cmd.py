@@ -13,13 +13,13 @@ import typer
 from rich.console import Console
 
 from offgrid.cli.common import file_progress, human_size, print_columns, settings_from
-from offgrid.config import parse_size
 from offgrid.errors import BadRequestError, ModelNotFoundError
 from offgrid.models import catalog as catalog_mod
 from offgrid.models.quantization import LEVELS, size_at
 from offgrid.models.registry import Registry
 from offgrid.placement import rough_need
 from offgrid.resources import machine_fits, system_facts
+from offgrid.units import parse_size
 
 if TYPE_CHECKING:  # the hub client is imported by the commands that use it
     from offgrid.hub.client import RemoteModel

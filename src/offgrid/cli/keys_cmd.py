@@ -37,8 +37,8 @@ def create(
 ) -> None:
     """Make a key and print it, once: it is stored only as a hash."""
     from offgrid.auth.keys import SCOPES
-    from offgrid.config import parse_duration
     from offgrid.errors import BadRequestError
+    from offgrid.units import parse_duration
 
     if scope not in SCOPES:
         raise BadRequestError(f"--scope is read or admin, not {scope!r}.")

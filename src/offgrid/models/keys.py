@@ -84,6 +84,15 @@ class Keys:
         )
         return base64.b64encode(raw).decode()
 
+    def sign_bytes(self, data: bytes) -> tuple[bytes, bytes]:
+        """(raw ed25519 signature of ``data``, the public key as PEM): what ``openssl
+        pkeyutl -verify -rawin`` checks, for files signed as they are (a pack's SHA256SUMS)."""
+        private = self._private()
+        pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return private.sign(data), pem
+
     def sign(self, document: Mapping[str, Any]) -> dict[str, str]:
         """The signature entry for ``document``."""
         value = self._private().sign(canonical(document))

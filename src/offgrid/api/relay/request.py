@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from offgrid.config import parse_duration
 from offgrid.errors import BadRequestError, ConfigError, PayloadTooLargeError
+from offgrid.units import parse_duration
 
 __all__ = ["ROUTES", "ProxyRequest", "parse_request", "read_body"]
 
