@@ -20,7 +20,8 @@ from conftest import (
     link_models,
     serve_in_thread,
 )
-from offgrid.cli import COMMANDS, app
+from offgrid.cli.commands import COMMANDS
+from offgrid.cli.group import app
 from offgrid.engine.build import EngineBinary
 
 OFFGRID = [sys.executable, "-m", "offgrid"]
@@ -179,11 +180,12 @@ def test_help_and_list_import_only_what_they_use(tmp_path: Path) -> None:
     neither imports an HTTP, server or validation library: each costs the start tens of ms."""
     heavy = {"httpx2", "aiohttp", "uvicorn", "fastapi", "pydantic", "huggingface_hub", "psutil"}
     shown = modules_after("--help", tmp_path=tmp_path)
-    assert not {m for m in shown if m.startswith("offgrid.cli.")}
+    assert {m for m in shown if m.startswith("offgrid.cli.")} == {"offgrid.cli.commands"}
     listed = modules_after("list", tmp_path=tmp_path)
     commands = {m for m in listed if m.startswith("offgrid.cli.")}
-    assert commands == {"offgrid.cli.models", "offgrid.cli.common"}
+    assert commands == {"offgrid.cli.commands", "offgrid.cli.listing", "offgrid.cli.common"}
     assert not heavy & (shown | listed)
+    assert "typer" not in shown | listed  # both run without the CLI framework
 
 
 # -- the client, against a server whose engine is the fake one ---------------------------

@@ -1,8 +1,4 @@
-"""The installed models: ``list``, ``show``, ``verify`` and ``remove``.
-
-``offgrid list`` is the command run most often, so this module imports only what it needs
-at the top; the others import theirs when they run.
-"""
+"""The installed models: ``show``, ``verify`` and ``remove`` (``list`` is in ``listing``)."""
 
 from __future__ import annotations
 
@@ -10,39 +6,8 @@ from typing import Annotated
 
 import typer
 
-from offgrid.cli.common import human_size, print_columns, settings_from
+from offgrid.cli.common import human_size, settings_from
 from offgrid.models.registry import Registry
-
-
-def list_models() -> None:
-    settings = settings_from()
-    models = Registry.for_settings(settings).list()
-    if not models:
-        from rich.console import Console
-
-        Console().print(
-            f"No models in {settings.models_dir}. Run `offgrid setup`, `offgrid import` "
-            "or add .gguf files."
-        )
-        return
-    rows = []
-    for m in models:
-        g = m.gguf
-        if g is None:
-            rows.append([m.id, human_size(m.size), "?", f"unreadable: {m.error}", "", ""])
-            continue
-        params = g.parameters / 1e6
-        rows.append(
-            [
-                m.id,
-                human_size(m.size),
-                g.quantization,
-                g.architecture,
-                f"{params:.0f}M" if params < 1000 else f"{params / 1000:.1f}B",
-                str(g.context_length),
-            ]
-        )
-    print_columns(["ID", "SIZE", "QUANT", "ARCH", "PARAMS", "CONTEXT"], rows)
 
 
 def show(

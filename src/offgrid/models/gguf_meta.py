@@ -17,7 +17,7 @@ import functools
 import mmap
 import re
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +88,21 @@ class GGUFInfo:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def as_row(self) -> list[Any]:
+        """The values in field order: what the registry's index stores (as JSON, half the
+        decoding time of ``as_dict``'s: ``offgrid list`` decodes one per model)."""
+        return list(astuple(self))
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GGUFInfo:
-        """The inverse of ``as_dict`` (after JSON: lists back to tuples)."""
-        return cls(**{**data, "layer_bytes": tuple(data["layer_bytes"])})
+    def from_stored(cls, data: list[Any] | dict[str, Any]) -> GGUFInfo:
+        """The inverse of ``as_row`` (or of ``as_dict``, as older versions stored it)."""
+        if isinstance(data, dict):
+            data = [data[f.name] for f in fields(cls)]
+        data[_LAYER_BYTES] = tuple(data[_LAYER_BYTES])  # JSON made the tuple a list
+        return cls(*data)
+
+
+_LAYER_BYTES = [f.name for f in fields(GGUFInfo)].index("layer_bytes")
 
 
 @dataclass(frozen=True)

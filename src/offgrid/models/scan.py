@@ -30,7 +30,7 @@ __all__ = ["Scanner", "split_name"]
 
 _SPLIT = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.gguf$")
 
-_Candidate = tuple[str, Path, os.stat_result, bool, tuple[Path, ...]]
+_Candidate = tuple[str, str, os.stat_result, bool, tuple[Path, ...]]  # the path as a str
 
 
 def split_name(file_name: str) -> tuple[str, int, int] | None:
@@ -54,7 +54,7 @@ class Scanner:
         writes: list[MetaRow] = []
         for model_id, path, st, owned, more in self._candidates(rows):
             if model_id not in found:
-                info = self._describe(model_id, path, st, rows.get(str(path)), owned, writes)
+                info = self._describe(model_id, path, st, rows.get(path), owned, writes)
                 if info is not None:
                     found[model_id] = _with_parts(info, more)
         if writes:
@@ -92,7 +92,7 @@ class Scanner:
                 try:
                     if entry.is_file():
                         model_id = split[0] if split else name[:-5]
-                        out.append((model_id, Path(entry.path), entry.stat(), owned, more))
+                        out.append((model_id, entry.path, entry.stat(), owned, more))
                 except OSError:
                     continue  # vanished between listing and stat
         for row in rows.values():
@@ -101,13 +101,13 @@ class Scanner:
                     st = os.stat(row["path"])
                 except OSError:
                     continue
-                out.append((row["model_id"], Path(row["path"]), st, False, ()))
+                out.append((row["model_id"], row["path"], st, False, ()))
         return out
 
     def _describe(
         self,
         model_id: str,
-        path: Path,
+        path: str,
         st: os.stat_result,
         row: sqlite3.Row | None,
         owned: bool,
@@ -115,7 +115,7 @@ class Scanner:
     ) -> ModelInfo | None:
         """The ModelInfo of one file, reading its header only if it is new or changed."""
         stat = stamp(st)
-        memo = self._memo.get(str(path))
+        memo = self._memo.get(path)
         if memo is not None and memo[:2] == stat:
             meta, error = memo[2], memo[3]
         elif (
@@ -126,16 +126,18 @@ class Scanner:
             meta, error = cached
         else:
             try:
-                meta, error = read_gguf_info(path), None
+                meta, error = read_gguf_info(Path(path)), None
             except IncompleteGGUFError:
                 return None
             except OffGridError as exc:
                 meta, error = None, exc.message
-            writes.append((str(path), *stat, json.dumps(meta.as_dict()) if meta else None, error))
-        self._memo[str(path)] = (*stat, meta, error)
+            writes.append((path, *stat, json.dumps(meta.as_row()) if meta else None, error))
+        self._memo[path] = (*stat, meta, error)
         origin = json.loads(row["origin"]) if row is not None and row["origin"] else {}
         sha = row["sha256"] if row is not None else None
-        return ModelInfo(model_id, path, st.st_size, st.st_mtime, meta, error, sha, origin, owned)
+        return ModelInfo(
+            model_id, Path(path), st.st_size, st.st_mtime, meta, error, sha, origin, owned
+        )
 
 
 def _with_parts(model: ModelInfo, more: tuple[Path, ...]) -> ModelInfo:
@@ -153,6 +155,6 @@ def _cached(row: sqlite3.Row) -> tuple[GGUFInfo | None, str | None] | None:
     if row["meta"] is None:
         return None
     try:
-        return GGUFInfo.from_dict(json.loads(row["meta"])), None
+        return GGUFInfo.from_stored(json.loads(row["meta"])), None
     except (TypeError, ValueError, KeyError):
         return None  # written by another version: read the file again
