@@ -126,3 +126,42 @@ def test_serving_beyond_loopback_without_a_key_is_refused(tmp_path: Path) -> Non
     )
     assert proc.returncode != 0
     assert b"offgrid keys create" in proc.stderr and b"--insecure-no-auth" in proc.stderr
+
+
+def test_a_lan_server_whose_last_key_is_revoked_refuses_everyone(
+    tmp_path: Path, model_store: Path, data_dir: Path
+) -> None:
+    """Revoking the last key (or losing the file) must not open a server bound beyond
+    loopback: it refuses until a key exists again (found in review)."""
+    models = link_models(model_store, tmp_path / "m", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"})
+    store = KeyStore(data_dir / "api-keys.json")
+    key = store.create("only")
+    settings = fake_engine_settings(
+        tmp_path, models, OFFGRID_DATA_DIR=str(data_dir), OFFGRID_HOST="0.0.0.0"
+    )
+    with serve_in_thread(settings) as url:
+        assert requests.get(f"{url}/v1/models", headers={"x-api-key": key}, timeout=10).ok
+        store.revoke("only")
+        r = requests.get(f"{url}/v1/models", timeout=10)
+        assert r.status_code == 401 and "offgrid keys create" in r.json()["error"]["message"]
+        (data_dir / "api-keys.json").unlink()
+        assert requests.get(f"{url}/v1/models", timeout=10).status_code == 401
+        assert requests.get(f"{url}/health", timeout=10).ok
+
+
+def test_a_damaged_keys_file_refuses_in_openai_shape(url: str, data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "api-keys.json").write_text('{"keys": [{"id": 1}]}')
+    r = requests.get(f"{url}/v1/models", timeout=10)
+    assert r.status_code == 500 and "api-keys.json" in r.json()["error"]["message"]
+
+
+def test_keys_made_at_once_are_all_kept(data_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = KeyStore(data_dir / "api-keys.json")
+    with ThreadPoolExecutor(8) as pool:
+        secrets = list(pool.map(lambda i: store.create(f"k{i}"), range(8)))
+    kept = KeyStore(data_dir / "api-keys.json").keys()  # read afresh from the file
+    assert sorted(k.name for k in kept) == [f"k{i}" for i in range(8)]
+    assert all(store.check(s) is not None for s in secrets)

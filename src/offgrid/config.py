@@ -79,7 +79,7 @@ class Settings:
     model_aliases: str = ""
     model_settings: str = ""
     insecure_no_auth: bool = False
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)  # a secret: never in a repr or a log
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, **values: Any) -> Settings:

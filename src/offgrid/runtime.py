@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from offgrid.api.metrics import Metrics
 from offgrid.api.relay.path import Relay
 from offgrid.api.relay.request import ROUTES
-from offgrid.auth.guard import Guard
+from offgrid.auth.guard import Guard, open_without_keys
 from offgrid.auth.keys import KeyStore
 from offgrid.config import Settings, parse_aliases
 from offgrid.engine.plan import (
@@ -37,6 +38,8 @@ from offgrid.resources import available_memory, gpu_free_memory
 from offgrid.scheduler import Scheduler
 
 __all__ = ["Runtime"]
+
+log = logging.getLogger("offgrid.runtime")
 
 
 @dataclass(eq=False)
@@ -73,7 +76,11 @@ class Runtime:
         watch = asyncio.create_task(
             watch_folders(settings.model_folders, scheduler.unload_changed, stop_watch)
         )
-        guard = Guard(KeyStore.for_settings(settings), inference=ROUTES)
+        guard = Guard(
+            KeyStore.for_settings(settings),
+            inference=ROUTES,
+            open_without_keys=open_without_keys(settings),
+        )
         aliases = parse_aliases(settings.model_aliases)
         pulls = Pulls(registry)
         return cls(
@@ -81,13 +88,19 @@ class Runtime:
         )
 
     async def close(self) -> None:
-        """Stop everything: the watch, pulls, every engine, the connections, the index."""
+        """Stop everything: the watch, pulls, every engine, the connections, the index;
+        each step even when one before it failed, so that no engine outlives the server."""
         self._stop_watch.set()
-        await self._watch
-        await self.pulls.close()
-        await self.scheduler.close()
-        await self.relay.close()
-        self.registry.close()
+
+        async def registry() -> None:
+            self.registry.close()
+
+        steps = (lambda: self._watch, self.pulls.close, self.scheduler.close)
+        for step in (*steps, self.relay.close, registry):
+            try:
+                await step()
+            except Exception:
+                log.exception("while stopping the server")
 
     def resolve(self, name: str) -> str:
         """The model id a client's name stands for: an alias's model, else the name itself."""

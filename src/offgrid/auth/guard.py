@@ -1,6 +1,8 @@
 """The check every HTTP request passes before anything else: which key it needs, if any.
 
-No key is needed while none exists (a box used by its own user on loopback, as before).
+No key is needed while none exists on a server bound to loopback (a box used by its own
+user, as before); bound beyond it, a server with no key left (the last one revoked, the file
+removed) refuses everyone rather than opening up, unless ``insecure_no_auth`` says so.
 Once one exists, every route needs ``Authorization: Bearer <key>`` (or ``x-api-key``, as
 Anthropic's clients send it), except the health probes and the dashboard's static page
 (which then asks for a key and sends it with each call). A ``read`` key may read anything
@@ -21,7 +23,7 @@ from offgrid.errors import AuthenticationError, ConfigError, PermissionDeniedErr
 if TYPE_CHECKING:
     from offgrid.config import Settings
 
-__all__ = ["OPEN_PATHS", "Guard", "needed_scope", "refuse_open_exposure"]
+__all__ = ["OPEN_PATHS", "Guard", "needed_scope", "open_without_keys", "refuse_open_exposure"]
 
 log = logging.getLogger("offgrid.auth")
 
@@ -55,9 +57,12 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 class Guard:
     """Says whether a request may go on, given the node's keys."""
 
-    def __init__(self, store: KeyStore, inference: Iterable[str]) -> None:
+    def __init__(
+        self, store: KeyStore, inference: Iterable[str], *, open_without_keys: bool
+    ) -> None:
         self.store = store
         self.inference = frozenset(inference)
+        self.open_without_keys = open_without_keys  # loopback, or --insecure-no-auth
 
     def check(
         self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]
@@ -65,8 +70,15 @@ class Guard:
         """The key that allows the request (None: none was needed); raises
         AuthenticationError or PermissionDeniedError when it may not go on."""
         scope = needed_scope(method, path, self.inference)
-        if scope is None or not self.store.keys():
+        if scope is None:
             return None
+        if not self.store.keys():
+            if self.open_without_keys:
+                return None
+            raise AuthenticationError(
+                "This server listens beyond loopback and has no API key left, so it refuses "
+                "every request: make one with `offgrid keys create`."
+            )
         secret = presented_key(headers)
         if secret is None:
             raise AuthenticationError(
@@ -90,6 +102,11 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to anything
+
+
+def open_without_keys(settings: Settings) -> bool:
+    """Whether the API may be open while no key exists: on loopback, or when told to."""
+    return _loopback(settings.host) or settings.insecure_no_auth
 
 
 def refuse_open_exposure(settings: Settings) -> None:

@@ -11,6 +11,8 @@ when it changes, so ``offgrid keys create`` and ``revoke`` take effect at once.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -18,6 +20,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -66,7 +69,7 @@ class KeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._keys: tuple[ApiKey, ...] = ()
 
     @classmethod
@@ -79,7 +82,7 @@ class KeyStore:
             st = os.stat(self.path)
         except FileNotFoundError:
             return ()
-        stamp = (st.st_size, st.st_mtime_ns)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
             if stamp != self._stamp:
                 self._keys, self._stamp = self._read(), stamp
@@ -88,7 +91,15 @@ class KeyStore:
     def _read(self) -> tuple[ApiKey, ...]:
         try:
             rows = json.loads(self.path.read_text())["keys"]
-            return tuple(ApiKey(**row) for row in rows)
+            keys = tuple(ApiKey(**row) for row in rows)
+            for k in keys:
+                if not (
+                    isinstance(k.sha256, str)
+                    and isinstance(k.created_at, int | float)
+                    and (k.expires_at is None or isinstance(k.expires_at, int | float))
+                ):
+                    raise TypeError(f"key {k.id!r} has fields of the wrong type")
+            return keys
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 f"The API keys file {self.path} cannot be read ({exc}). Fix or remove it "
@@ -99,6 +110,19 @@ class KeyStore:
         with atomic_writer(self.path, mode=0o600) as out:
             out.write(json.dumps({"keys": [asdict(k) for k in keys]}, indent=2).encode())
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[tuple[ApiKey, ...]]:
+        """The keys, held against other processes changing them until the block ends (so
+        a create and a revoke at once cannot bring back a revoked key)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._stamp = None  # read it again, under the lock
+            yield self.keys()
+        finally:
+            os.close(fd)  # releases the lock
+
     def create(self, name: str, scope: Scope = "admin", *, ttl: float | None = None) -> str:
         """Make a key; returns the key itself, which is never shown again."""
         if scope not in SCOPES:
@@ -108,20 +132,22 @@ class KeyStore:
         secret = PREFIX + secrets.token_urlsafe(32)
         sha = _digest(secret)
         now = time.time()
-        existing = self.keys()
-        if any(k.name == name for k in existing):
-            raise BadRequestError(f"A key named {name!r} exists: revoke it or pick another name.")
-        key = ApiKey(sha[:12], name, scope, now, now + ttl if ttl else None, sha)
-        self._write((*existing, key))
+        with self._changing() as existing:
+            if any(k.name == name for k in existing):
+                raise BadRequestError(
+                    f"A key named {name!r} exists: revoke it or pick another name."
+                )
+            key = ApiKey(sha[:12], name, scope, now, now + ttl if ttl else None, sha)
+            self._write((*existing, key))
         return secret
 
     def revoke(self, which: str) -> ApiKey:
         """Delete the key with this id or name."""
-        existing = self.keys()
-        for key in existing:
-            if which in (key.id, key.name):
-                self._write(tuple(k for k in existing if k is not key))
-                return key
+        with self._changing() as existing:
+            for key in existing:
+                if which in (key.id, key.name):
+                    self._write(tuple(k for k in existing if k is not key))
+                    return key
         raise NotFoundError(f"No API key has the id or name {which!r} (`offgrid keys list`).")
 
     def check(self, secret: str) -> ApiKey | None:

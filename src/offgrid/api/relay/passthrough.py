@@ -16,6 +16,7 @@ for ``/metrics`` (route, status, duration).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -91,7 +92,8 @@ class ProxyApp:
         try:
             if runtime is not None:
                 runtime.guard.check(scope["method"], scope["path"], scope["headers"])
-        except OffGridError as refused:
+        except Exception as exc:  # a bad keys file too: refused, never waved through
+            refused = exc if isinstance(exc, OffGridError) else unexpected(exc)
             await _send_whole(send, refused.status, error_json(refused), refused.headers())
             status, route = refused.status, "refused"
         else:
@@ -108,7 +110,8 @@ class ProxyApp:
         request_line(scope["method"], route, status, seconds, model=call.model, tokens=facts)
 
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> int:
-        """Let FastAPI answer; the status it sent."""
+        """Let FastAPI answer; the status it sent (500 for a bug, which Starlette has
+        answered and logged before it raises it again)."""
         status = 500
 
         async def watched(message: Message) -> None:
@@ -117,7 +120,8 @@ class ProxyApp:
                 status = message["status"]
             await send(message)
 
-        await self.api(scope, receive, watched)
+        with contextlib.suppress(Exception):
+            await self.api(scope, receive, watched)
         return status
 
     async def _proxied(self, call: _Call) -> int:
