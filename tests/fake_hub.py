@@ -10,7 +10,8 @@ Faults for tests: ``cut_after`` (close the connection once that many bytes of a 
 out; with ``down_after_cut`` files then answer 503), ``corrupt_at`` (serve one byte
 flipped). A ``gated`` repo's files need the token (401),
 as on the Hub; its info is public.
-``served`` counts the bytes of each file sent; ``requests`` records what came in.
+``served`` counts the bytes of each file sent (``sending``: transfers still going);
+``requests`` records what came in.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class FakeHub:
         self.down_after_cut = False  # after a cut, files answer 503 (the link stays down)
         self.down = False
         self.served: dict[str, int] = {}
+        self.sending = 0  # file transfers in progress
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -250,6 +252,21 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         ) -> None:
             if cut is not None:
                 stop = min(stop, max(start, cut))
+            with hub.lock:
+                hub.sending += 1
+            try:
+                self._send_file(path, name, start, stop, flip)
+            finally:
+                with hub.lock:
+                    hub.sending -= 1
+            if cut is not None:
+                hub.down = hub.down_after_cut
+                self.close_connection = True
+                self.connection.shutdown(2)
+
+        def _send_file(
+            self, path: Path, name: str, start: int, stop: int, flip: int | None
+        ) -> None:
             with path.open("rb") as fh:
                 if flip is None and hub.rate is None:  # the fast path: the kernel copies
                     offset = start
@@ -263,10 +280,6 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                         self._count(name, sent)
                 else:
                     self._send_slowly(fh, name, start, stop, flip)
-            if cut is not None:
-                hub.down = hub.down_after_cut
-                self.close_connection = True
-                self.connection.shutdown(2)
 
         def _send_slowly(self, fh: Any, name: str, start: int, stop: int, flip: int | None) -> None:
             import time

@@ -259,6 +259,8 @@ def test_killed_download_resumes(hub: FakeHub, tmp_path: Path) -> None:
     wait_for(lambda: hub.served.get(SMOL, 0) > STARTER.size // 3, 60, "a third of the file")
     proc.kill()
     proc.wait()
+    # the hub may write a block more before it sees the client gone: count after it has
+    wait_for(lambda: hub.sending == 0, 30, "the hub to notice the client is gone")
     sent = hub.served[SMOL]
     hub.rate = None
     out = cli("download-hf", "tester/SmolLM2-135M-Instruct-GGUF", tmp_path=tmp_path)
