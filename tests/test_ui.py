@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,20 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
     yield pg
     context.close()
     assert errors == []
+
+
+@contextmanager
+def own_page(browser: Browser, srv: Server) -> Iterator[Page]:
+    """A page in a browser context of its own on ``srv``; the context closed and the server
+    stopped when the block ends."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        yield page
+    finally:
+        context.close()
+        srv.stop()
 
 
 def open_ui(page: Page, server: Server, where: str = "chat") -> None:
@@ -292,10 +307,7 @@ def test_pull_from_the_hub_shows_live_progress(
             HF_ENDPOINT=hub.url,
             OFFGRID_DATA_DIR=str(tmp_path / "data"),
         )
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        try:
+        with own_page(browser, srv) as page:
             page.goto(f"{srv.url}/ui#models")
             page.wait_for_selector("#models-note:has-text('No model installed')")
             page.fill("#hub-q", "smol")
@@ -309,9 +321,6 @@ def test_pull_from_the_hub_shows_live_progress(
             assert page.locator(".pull progress").evaluate("b => b.value") == 100
             page.wait_for_selector(f"#models-table tbody tr:has-text('{STARTER_ID}')")
             assert hub.served[SMOL] == (model_store / SMOL).stat().st_size
-        finally:
-            context.close()
-            srv.stop()
 
 
 def test_conversations_are_kept_renamed_and_deleted(page: Page, server: Server) -> None:
@@ -342,11 +351,8 @@ def test_dashboard_asks_for_a_key_and_keeps_it_in_the_tab(
     key = KeyStore(data / "api-keys.json").create("dashboard", "read")
     models = link_models(model_store, tmp_path / "models", {SMOL: SMOL})
     srv = start_server(tmp_path, models, engine_binary, OFFGRID_DATA_DIR=str(data))
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(60_000)
     listed = f"#models-table tbody tr:has-text('{STARTER_ID}')"
-    try:
+    with own_page(browser, srv) as page:
         page.goto(f"{srv.url}/ui#models")
         page.wait_for_selector("#key-dialog[open]")
         page.fill("#api-key", "og-wrong")
@@ -360,6 +366,3 @@ def test_dashboard_asks_for_a_key_and_keeps_it_in_the_tab(
         page.reload()
         page.wait_for_selector(listed)
         assert not page.is_visible("#key-dialog")
-    finally:
-        context.close()
-        srv.stop()

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from offgrid.atomic_files import ReadBack
-from offgrid.cli.common import file_progress, settings_from
+from offgrid.cli.common import file_progress, print_status, settings_from
 from offgrid.config import Settings
 from offgrid.errors import OffGridError
 from offgrid.models.keys import Keys
@@ -62,11 +62,7 @@ def import_models(
         for o in import_found(registry, found, link=link, name=name, progress=progress):
             counts[o.status] = counts.get(o.status, 0) + 1
             detail = f": {o.detail}" if o.detail else ""
-            console.print(
-                f"[{_STYLE[o.status]}]{o.status:8}[/] {o.model_id} ← {o.path}{detail}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            print_status(console, _STYLE[o.status], o.status, f"{o.model_id} ← {o.path}{detail}")
     if found.passed_over:
         counts["not .gguf"] = len(found.passed_over)
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)

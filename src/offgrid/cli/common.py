@@ -11,10 +11,11 @@ from offgrid.config import Settings, load_settings
 from offgrid.units import human_size
 
 if TYPE_CHECKING:  # rich's progress bars are imported by the commands that draw them
+    from rich.console import Console
     from rich.progress import Progress as RichProgress
     from rich.progress import TaskID
 
-__all__ = ["file_progress", "human_size", "print_columns", "settings_from"]
+__all__ = ["file_progress", "human_size", "print_columns", "print_status", "settings_from"]
 
 
 def settings_from(**flags: str | int | Path | None) -> Settings:
@@ -28,6 +29,12 @@ def print_columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     for line in (headers, *rows):
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def print_status(console: Console, color: str, status: str, text: str) -> None:
+    """One line of a report (``imported``, ``CHANGED``…): the status in its colour, then
+    the rest, kept on one line whatever the terminal's width."""
+    console.print(f"[{color}]{status:8}[/] {text}", highlight=False, soft_wrap=True)
 
 
 class _Bar:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from offgrid.cli.common import human_size, settings_from
+from offgrid.cli.common import human_size, print_status, settings_from
 from offgrid.models.registry import Registry
 
 
@@ -63,11 +63,7 @@ def verify(
     style = {"OK": "green", "CHANGED": "red", "MISSING": "red"}
     for c in checks:
         note = f"  {c.detail}" if c.detail else ""
-        console.print(
-            f"[{style[c.status]}]{c.status:8}[/] {c.model_id}{note}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_status(console, style[c.status], c.status, f"{c.model_id}{note}")
     bad = [c for c in checks if c.status != "OK"]
     console.print(f"{len(checks) - len(bad)} OK, {len(bad)} not OK", highlight=False)
     if bad:

@@ -63,9 +63,14 @@ def _service(_settings: Settings) -> Check:
     )
 
 
+def _reach(settings: Settings) -> str:
+    """The host to call the server on: a wildcard bind is reached on loopback."""
+    return "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+
+
 def _port(settings: Settings) -> Check:
     where = f"{settings.host}:{settings.port}"
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    host = _reach(settings)
     try:
         with socket.create_connection((host, settings.port), timeout=2):
             pass
@@ -82,8 +87,7 @@ def _port(settings: Settings) -> Check:
 def _health(settings: Settings) -> Check:
     import httpx2
 
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    url = f"http://{host}:{settings.port}"
+    url = f"http://{_reach(settings)}:{settings.port}"
     try:
         health = httpx2.get(f"{url}/health", timeout=5)
         ready = httpx2.get(f"{url}/readyz", timeout=30)

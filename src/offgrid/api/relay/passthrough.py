@@ -62,9 +62,10 @@ async def _send_whole(
 
 @dataclass
 class _Call:
-    """One proxied request: its ASGI triple, the field its route needs, when it came, and
-    for its log line the model and, once over, the answer."""
+    """One proxied request: the runtime, its ASGI triple, the field its route needs, when it
+    came, and for its log line the model and, once over, the answer."""
 
+    runtime: Runtime | None
     scope: Scope
     receive: Receive
     send: Send
@@ -88,7 +89,7 @@ class ProxyApp:
         began = time.perf_counter()
         runtime: Runtime | None = getattr(self.state, "runtime", None)
         required = ROUTES.get(scope["path"])
-        call = _Call(scope, receive, send, required or "", began)
+        call = _Call(runtime, scope, receive, send, required or "", began)
         try:
             if runtime is not None:
                 runtime.guard.check(scope["method"], scope["path"], scope["headers"])
@@ -136,7 +137,8 @@ class ProxyApp:
             return error.status
 
     async def _proxy(self, call: _Call) -> int:
-        runtime: Runtime = self.state.runtime
+        runtime = call.runtime
+        assert runtime is not None  # set by the lifespan before any request
         receive, send = call.receive, call.send
         body = await read_body(call.scope, receive, runtime.settings.max_request_bytes)
         req = parse_request(body, call.required)
