@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from offgrid.engine.build import EngineBinary
+from offgrid.engine.cpu_variants import set_aside_faulting_variant
 from offgrid.errors import EngineUnavailableError
 from offgrid.models.registry import ModelInfo
 
@@ -258,6 +259,11 @@ class Engine:
             engine._check_alive()  # it may die between its last /health and now
         except BaseException:
             await engine.stop()
+            faulted = engine.proc is not None and engine.proc.returncode == -signal.SIGILL
+            if faulted and await asyncio.to_thread(set_aside_faulting_variant, binary.path.parent):
+                return await cls.start(  # with the next best CPU kernels, until none is left
+                    binary, model, options, log_dir=log_dir, timeout=timeout, host=host
+                )
             raise
         engine._move(EngineState.READY)
         log.info(
