@@ -6,6 +6,8 @@ both alike. Prints medians and OffGrid ÷ direct ratios:
 
   decode tokens/s at 1 and 4 concurrent streams (goal >= 0.99, at least 0.98)
   added time to first token, median (goal <= 1 ms, at most 2 ms)
+  Ollama's /api/chat first NDJSON line ÷ OpenAI's first event, both through OffGrid
+  (goal: within 1 ms)
 
 Run: .venv/bin/python bench/relay.py [--rounds 12] [--tokens 128]
      [--model FILE.gguf --gpu-layers N]   (another model, e.g. on a GPU; default: the starter)
@@ -82,6 +84,20 @@ async def decode_rate(url: str, model: str, streams: int, max_tokens: int) -> fl
     ttft_max = max(r[0] for r in results)
     total = sum(r[2] for r in results) - streams  # the first token of each is prefill
     return total / (t1 - t0 - ttft_max)
+
+
+async def ollama_first_line(url: str, model: str) -> float:
+    """Time to the first NDJSON line with text of a streamed Ollama ``/api/chat``."""
+    body = {"model": model, "messages": PROMPT, "stream": True, "options": {"num_predict": 2}}
+    conn = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        t0 = time.perf_counter()
+        async with http.post(f"{url}/api/chat", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            async for line in resp.content:
+                if json.loads(line)["message"]["content"]:
+                    return time.perf_counter() - t0
+    raise AssertionError("no text came")
 
 
 async def ttft(url: str, model: str) -> float:
@@ -187,7 +203,7 @@ async def run(args: argparse.Namespace) -> None:
         for url in targets.values():  # warm-up: loads OffGrid's engine, fills prompt caches
             await decode_rate(url, model.id, 4, 16)
         rates: dict[tuple[str, int], list[float]] = {}
-        firsts: dict[str, list[float]] = {"direct": [], "offgrid": []}
+        firsts: dict[str, list[float]] = {"direct": [], "offgrid": [], "ollama": []}
         names = list(targets)
         relay_proc = psutil.Process(offgrid.pid)
         cpu0 = relay_proc.cpu_times()
@@ -200,6 +216,8 @@ async def run(args: argparse.Namespace) -> None:
             for k in range(6):
                 for name in names if (r + k) % 2 == 0 else names[::-1]:
                     firsts[name].append(await ttft(targets[name], model.id))
+                if not args.aa:  # the Ollama dialect right after OpenAI's, on OffGrid
+                    firsts["ollama"].append(await ollama_first_line(og_url, model.id))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
         cpu1 = relay_proc.cpu_times()
         relay_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
@@ -229,6 +247,11 @@ async def run(args: argparse.Namespace) -> None:
     print(f"\nadded time to first token: {o_ttft - d_ttft:+.2f} ms of the medians,")
     print(f"  {added * 1000:+.2f} ms paired median (goal <= 1 ms, at most 2 ms)")
     print("decode goal: ratio >= 0.99, at least 0.98 ('paired' = median of per-round ratios)")
+    if not args.aa:
+        pairs = zip(firsts["offgrid"], firsts["ollama"], strict=True)
+        extra = statistics.median(b - a for a, b in pairs)
+        print(f"Ollama /api/chat first line vs OpenAI first event: {extra * 1000:+.2f} ms")
+        print("  paired median (goal: within 1 ms)")
 
 
 def main() -> None:

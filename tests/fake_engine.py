@@ -11,7 +11,9 @@ Behaviour is chosen with FAKE_ENGINE_MODE:
   ignore-sigterm  answer, and ignore SIGTERM (needs SIGKILL)
 
 FAKE_ENGINE_TOKEN_MS sets the delay between streamed tokens (default 1 ms);
-FAKE_ENGINE_LOAD_MS the time /health answers 503 after start (default 0).
+FAKE_ENGINE_LOAD_MS the time /health answers 503 after start (default 0);
+FAKE_ENGINE_REASONING the number of ``reasoning_content`` pieces ("think0 " …) a stream
+sends before its answer, as a reasoning model does (default 0).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 MODE = os.environ.get("FAKE_ENGINE_MODE", "normal")
 TOKEN_S = float(os.environ.get("FAKE_ENGINE_TOKEN_MS", "1")) / 1000
 LOAD_S = float(os.environ.get("FAKE_ENGINE_LOAD_MS", "0")) / 1000
+REASONING = int(os.environ.get("FAKE_ENGINE_REASONING", "0"))
 
 
 def arg(name: str, default: str) -> str:
@@ -87,11 +90,12 @@ async def stream(writer: asyncio.StreamWriter, n: int) -> None:
     writer.write(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    for i in range(n):
+    deltas = [{"reasoning_content": f"think{i} "} for i in range(REASONING)]
+    for delta in deltas + [{"content": f"tok{i} "} for i in range(n)]:
         event = {
             "model": ALIAS,
             "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
         }
         writer.write(chunk(b"data: " + json.dumps(event).encode() + b"\n\n"))
         await writer.drain()

@@ -20,6 +20,7 @@ from conftest import (
     link_models,
     serve_in_thread,
 )
+from offgrid.cli.chat import ChatSession
 from offgrid.cli.commands import COMMANDS
 from offgrid.cli.group import app
 from offgrid.engine.build import EngineBinary
@@ -242,3 +243,44 @@ def test_keys_are_made_listed_and_revoked_and_the_cli_sends_one(
         assert "Revoked" in run_cli("keys", "revoke", "ops", env=env).stdout
         assert run_cli("ps", env={**env, "OFFGRID_API_KEY": key}).returncode == 1
     assert "signing" in run_cli("signing-key", "--help", env=env).stdout
+
+
+def test_run_shows_thinking_apart_and_keeps_only_the_answer(
+    tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: a reasoning model's thinking comes first under "Thinking…", dim on a
+    terminal and plain in a pipe, and never joins the history the next turn sends."""
+    monkeypatch.setenv("FAKE_ENGINE_REASONING", "3")  # the fake engine reasons first
+    models = link_models(model_store, tmp_path / "m", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"})
+    with serve_in_thread(fake_engine_settings(tmp_path, models)) as url:
+        env = {**os.environ, "OFFGRID_PORT": url.rsplit(":", 1)[1]}
+        piped = run_cli("run", STARTER_ID, env=env, stdin="Hi\n")
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout.startswith("Thinking…\nthink0 think1 think2 \n\ntok0 ")
+        assert "\x1b" not in piped.stdout
+
+        session = ChatSession(url, STARTER_ID)
+        written: list[str] = []
+        reply = session.send("Hi", written.append, styled=True)
+        assert "".join(written) == f"\x1b[2mThinking…\nthink0 think1 think2 \x1b[0m\n\n{reply}"
+        assert reply.startswith("tok0 ") and "think" not in reply
+        assert session.history == [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": reply},
+        ]
+
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "offgrid", "run", STARTER_ID],
+            env=env,
+            timeout=60,
+            encoding="utf-8",
+        )
+        child.expect(">>> ")
+        child.sendline("Hi")
+        child.expect("\x1b\\[2mThinking…\r\nthink0 think1 think2 \x1b\\[0m\r\n\r\ntok0 ")
+        child.expect(">>> ")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any, cast
+
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import STARTER_ID, Server
+from offgrid.api.metrics import Metrics
 
 CHAT = "/v1/chat/completions"
 
@@ -86,3 +92,50 @@ def test_metrics_count_requests_tokens_and_engines(server: Server) -> None:
     system = stats["system"]
     assert system["ram_total"] > system["ram_available"] > 0
     assert system["disk_total"] > system["disk_free"] > 0 and system["cpu_cores"] >= 1
+
+
+def test_history_is_sampled_by_a_timer_into_a_ring_of_the_last_hour() -> None:
+    """Issue 16: the dashboard's charts read points the server took on its own (so a reload
+    keeps them), with the dashboard's own polls left out of the requests."""
+
+    async def until(ready: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not ready():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+
+    async def sample() -> None:
+        metrics = Metrics(cast(Any, None), sample_seconds=0.02, history_seconds=0.06)
+        metrics.start()
+        start = metrics.points[0]
+        assert start["requests_per_minute"] == start["tokens_per_second"] == 0
+        metrics.request(CHAT, 200, 0.1)
+        metrics.request("/api/stats", 200, 0.01)
+        metrics.completion(STARTER_ID, {"completion": 50}, None)
+        await until(lambda: len(metrics.points) == 2)
+        second = metrics.points[1]
+        seconds = second["time"] - start["time"]
+        assert second["requests_per_minute"] * seconds / 60 == pytest.approx(1)
+        assert second["tokens_per_second"] * seconds == pytest.approx(50)
+        assert second["ram_used_bytes"] > 0
+        await until(lambda: metrics.points[0] is not start)  # the ring has turned
+        assert len(metrics.points) == 3
+        metrics.close()
+        kept = list(metrics.points)
+        await asyncio.sleep(0.1)  # five intervals: none adds a point once closed
+        assert list(metrics.points) == kept
+
+    asyncio.run(sample())
+
+
+def test_stats_carry_the_history_with_a_point_for_now(server: Server) -> None:
+    history = requests.get(f"{server.url}/api/stats", timeout=10).json()["history"]
+    assert history["sample_seconds"] == 30
+    points = history["points"]
+    assert points and points[-1]["time"] == pytest.approx(time.time(), abs=30)
+    assert set(points[-1]) == {
+        "time",
+        "tokens_per_second",
+        "requests_per_minute",
+        "ram_used_bytes",
+    }

@@ -2,7 +2,8 @@
 
 A model's ``Footprint`` counts, layer by layer, what llama-server allocates for it: the
 weights of each repeating layer and its share of the KV cache, the input embeddings
-(always on the CPU), the output layer, and the compute buffers. ``place`` then
+(always on the CPU), the output layer, the compute buffers, and a vision model's
+projector (on the GPU once anything runs there, as llama-server puts it). ``place`` then
 chooses how many layers go to the GPU, the way llama-server's ``-ngl N`` assigns them:
 the output layer first, then repeating layers from the last one down. Everything not on
 the GPU stays in RAM. The scheduler calls ``place`` with the memory it can make free.
@@ -59,6 +60,7 @@ class Footprint:
     output_cpu: int  # the output layer when it stays on the CPU
     output_gpu: int  # ... on the GPU (tied embeddings are copied there)
     gpu_compute: int  # compute buffers on the GPU once anything runs there
+    projector: int = 0  # the vision projector's weights: on the GPU once anything runs there
 
     @property
     def max_gpu_layers(self) -> int:
@@ -72,9 +74,9 @@ class Footprint:
         weights = self.input + sum(cpu_layers) + (self.output_cpu if g == 0 else 0)
         ram = weights + weights // 10 + len(cpu_layers) * self.kv_layer + CPU_COMPUTE
         if g == 0:
-            return Memory(ram, 0)
+            return Memory(ram + self.projector, 0)
         on_gpu = self.layers[len(cpu_layers) :]
-        vram = sum(on_gpu) + len(on_gpu) * self.kv_layer + self.output_gpu
+        vram = sum(on_gpu) + len(on_gpu) * self.kv_layer + self.output_gpu + self.projector
         return Memory(ram, vram + self.gpu_compute + GPU_CONTEXT)
 
 
@@ -86,15 +88,18 @@ class Placement:
     need: Memory
 
 
-def footprint(file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: int) -> Footprint:
-    """The footprint of a model at ``context`` tokens per request for each of ``parallel`` slots.
+def footprint(
+    file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: int, projector: int = 0
+) -> Footprint:
+    """The footprint of a model at ``context`` tokens per request for each of ``parallel`` slots
+    (and its ``projector``'s bytes).
 
     The KV cache is f16 for every layer (models with sliding-window layers use less, so
     this errs high); the per-request context is capped at the model's trained context, as
     ``build_argv`` does. A file whose metadata could not be read counts as one layer.
     """
     if gguf is None or not gguf.layer_bytes:
-        return Footprint(0, (file_size,), 0, 0, 0, 0)
+        return Footprint(0, (file_size,), 0, 0, 0, 0, projector)
     per_slot = min(context, gguf.context_length) if gguf.context_length else context
     kv_layer = gguf.head_count_kv * (gguf.key_length + gguf.value_length) * 2
     kv_layer *= per_slot * parallel
@@ -107,6 +112,7 @@ def footprint(file_size: int, gguf: GGUFInfo | None, *, context: int, parallel: 
         output_cpu=gguf.output_bytes,
         output_gpu=output_gpu,
         gpu_compute=4 * UBATCH * width,
+        projector=projector,
     )
 
 

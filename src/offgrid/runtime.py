@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from offgrid.api.metrics import Metrics
@@ -31,6 +30,7 @@ from offgrid.engine.plan import (
     scheduler_policy,
 )
 from offgrid.hub.pulls import Pulls
+from offgrid.models.aliases import load_aliases
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.models.watcher import watch_folders
 from offgrid.placement import Memory
@@ -53,7 +53,7 @@ class Runtime:
     pulls: Pulls
     metrics: Metrics
     guard: Guard
-    aliases: Mapping[str, str]
+    aliases: dict[str, str]  # copies (``models.aliases``), then the config's on top
     _stop_watch: asyncio.Event
     _watch: asyncio.Task[None]
 
@@ -78,11 +78,14 @@ class Runtime:
         )
         guard = Guard(
             KeyStore.for_settings(settings),
-            inference=ROUTES,
+            inference={*ROUTES, "/api/show"},  # Ollama's show is a POST that reads
             open_without_keys=open_without_keys(settings),
         )
-        aliases = parse_aliases(settings.model_aliases)
+        aliases = load_aliases(settings.data_dir / "aliases.json") | parse_aliases(
+            settings.model_aliases
+        )
         pulls = Pulls(registry)
+        metrics.start()  # the history's timer, stopped by close()
         return cls(
             settings, registry, scheduler, relay, pulls, metrics, guard, aliases, stop_watch, watch
         )
@@ -91,6 +94,7 @@ class Runtime:
         """Stop everything: the watch, pulls, every engine, the connections, the index;
         each step even when one before it failed, so that no engine outlives the server."""
         self._stop_watch.set()
+        self.metrics.close()
 
         async def registry() -> None:
             self.registry.close()
@@ -103,8 +107,12 @@ class Runtime:
                 log.exception("while stopping the server")
 
     def resolve(self, name: str) -> str:
-        """The model id a client's name stands for: an alias's model, else the name itself."""
-        return self.aliases.get(name, name)
+        """The model id a client's name stands for: an alias's model, else the name itself
+        (without the ``:latest`` tag Ollama's clients add)."""
+        if name in self.aliases:
+            return self.aliases[name]
+        bare = name.removesuffix(":latest")
+        return self.aliases.get(bare, bare)
 
     def estimate(self, model: ModelInfo) -> dict[str, int]:
         """The memory ``model`` needs with its settings (``engine.plan.estimate``)."""

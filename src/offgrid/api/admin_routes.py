@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from offgrid.api.deps import RuntimeDep
+from offgrid.api.ollama.routes import ollama_details
 from offgrid.errors import BadRequestError, ConfigError, ConflictError
 from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
@@ -109,8 +110,18 @@ async def verify_models(body: VerifyRequest, runtime: RuntimeDep) -> dict[str, A
 
 @router.get("/ps")
 async def running_models(runtime: RuntimeDep) -> dict[str, Any]:
-    """Loaded models: memory, slots busy, queue, expiry, pid and port; loading and paused ones."""
-    return {"models": runtime.scheduler.status()}
+    """Loaded models: memory, slots busy, queue, expiry, pid and port; loading and paused
+    ones. Each row also carries Ollama's fields (name, model, size, size_vram, details)."""
+    rows = runtime.scheduler.status()
+    models = {m.id: m for m in await asyncio.to_thread(runtime.registry.list)}
+    for row in rows:
+        model = models.get(str(row["id"]))
+        row |= {"name": row["id"], "model": row["id"], "size": row.get("memory_bytes", 0)}
+        row |= {"size_vram": row.get("vram_bytes", 0), "digest": model.sha256 if model else ""}
+        if model is not None:
+            context = model.gguf.context_length if model.gguf else 0
+            row |= {"details": ollama_details(model), "context_length": context}
+    return {"models": rows}
 
 
 @router.post("/models/{model_id}/load")

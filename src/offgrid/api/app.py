@@ -18,6 +18,7 @@ from offgrid.api.admin_routes import router as admin_router
 from offgrid.api.errors import install_error_handlers
 from offgrid.api.health_routes import router as health_router
 from offgrid.api.hub_routes import router as hub_router
+from offgrid.api.ollama.routes import router as ollama_router
 from offgrid.api.openai_routes import router as openai_router
 from offgrid.api.relay.passthrough import ProxyApp
 from offgrid.api.relay.request import ROUTES
@@ -37,16 +38,16 @@ def _document_proxy_routes(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = base()
-            for path, required in ROUTES.items():
+            for path, route in ROUTES.items():
                 body = {
                     "type": "object",
-                    "required": ["model", required],
+                    "required": ["model", *filter(None, [route.required])],
                     "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}},
                     "additionalProperties": True,
                 }
                 schema["paths"][path] = {
                     "post": {
-                        "summary": f"OpenAI {path.rsplit('/', 1)[-1]} (passed to the engine)",
+                        "summary": f"{route.dialect} {path} (to the engine)",
                         "requestBody": {
                             "required": True,
                             "content": {"application/json": {"schema": body}},
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> ProxyApp:
     app.include_router(health_router)
     app.include_router(openai_router)
     app.include_router(admin_router)
+    app.include_router(ollama_router)
     app.include_router(hub_router)
     app.include_router(stats_router)
     app.include_router(ui_router)

@@ -1,7 +1,9 @@
-"""Errors in OpenAI's shape, mapped from OffGrid's hierarchy in one place.
+"""Errors in each client dialect's shape, mapped from OffGrid's hierarchy in one place.
 
-``{"error": {"message", "type", "param", "code"}}`` with the status the error class
-carries. FastAPI's 422 for a malformed body becomes 400, an unknown route 404, and anything
+OpenAI's ``{"error": {"message", "type", "param", "code"}}`` by default; Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` on its routes (``/v1/messages``); Ollama's
+``{"error": "message"}`` on its own. The status is the one the error class carries.
+FastAPI's 422 for a malformed body becomes 400, an unknown route 404, and anything
 unexpected a 500 whose message says where to look, never a traceback.
 """
 
@@ -15,9 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from offgrid.api.dialects import Dialect, dialect_of
 from offgrid.errors import OffGridError
 
 __all__ = [
+    "dialect_error",
     "error_body",
     "error_event",
     "error_json",
@@ -35,10 +39,43 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_json(exc: OffGridError) -> bytes:
-    """The OpenAI-shaped body for ``exc``."""
-    body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def dialect_error(
+    dialect: Dialect,
+    status: int,
+    message: str,
+    type_: str,
+    *,
+    param: str | None = None,
+    code: str | int | None = None,
+) -> bytes:
+    """An error body in ``dialect``'s shape."""
+    body: object
+    if dialect == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(
+            status, "api_error" if status >= 500 else "invalid_request_error"
+        )
+        body = {"type": "error", "error": {"type": kind, "message": message}}
+    elif dialect == "ollama":
+        body = {"error": message}
+    else:
+        body = error_body(message, type_, param=param, code=code)
     return json.dumps(body).encode()
+
+
+def error_json(exc: OffGridError, dialect: Dialect = "openai") -> bytes:
+    """The body for ``exc`` in ``dialect``'s shape (OpenAI's by default)."""
+    return dialect_error(dialect, exc.status, exc.message, exc.type, param=exc.param, code=exc.code)
 
 
 def error_response(exc: OffGridError) -> Response:
@@ -50,9 +87,10 @@ def error_event(exc: OffGridError) -> bytes:
     return b"data: " + error_json(exc) + b"\n\n"
 
 
-async def _offgrid_error(_request: Request, exc: Exception) -> Response:
+async def _offgrid_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OffGridError)
-    return error_response(exc)
+    body = error_json(exc, dialect_of(request.url.path))
+    return Response(body, exc.status, exc.headers(), "application/json")
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

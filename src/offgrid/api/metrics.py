@@ -6,15 +6,22 @@ the model's prompt and completion tokens, time to first token and decode speed, 
 from the engine's own ``usage``/``timings`` (the last events of a stream, or the body).
 Read at scrape time from the scheduler: loaded models and their memory, busy slots and
 queue lengths, engine starts, crashes and restarts.
+
+The last hour, for the dashboard's charts: a ring of points sampled from a timer on the
+event loop every 30 s (never on the request path), each with the tokens generated and
+the requests answered per interval, and the machine's RAM in use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -24,13 +31,21 @@ if TYPE_CHECKING:
 
 __all__ = ["Metrics", "completion_facts"]
 
+# the dashboard's and Prometheus's own reads, left out of the history's requests
+_WATCHING = frozenset({"/api/stats", "/metrics"})
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class Metrics:
     """The server's counters, histograms and gauges, in a registry of its own."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        sample_seconds: float = 30.0,
+        history_seconds: float = 3600.0,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -64,6 +79,62 @@ class Metrics:
         )
         r.register(_SchedulerCollector(scheduler))
         self.started = time.time()
+        self.sample_seconds = sample_seconds
+        self.points: deque[dict[str, float]] = deque(
+            maxlen=max(1, round(history_seconds / sample_seconds))
+        )
+        self._last = (self.started, 0.0, 0.0)  # time, requests, tokens at the last point
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Take a point of history now and every ``sample_seconds`` on the running loop,
+        until ``close()``."""
+        now, totals = time.time(), self._totals()
+        self.points.append(self._point(now, totals))
+        self._last = (now, *totals)
+        self._timer = asyncio.get_running_loop().call_later(self.sample_seconds, self.start)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def history(self) -> dict[str, Any]:
+        """The points of the last hour, oldest first, and one for now when the last is more
+        than a second old."""
+        points = list(self.points)
+        now = time.time()
+        if not points or now - points[-1]["time"] >= 1:
+            points.append(self._point(now, self._totals()))
+        return {"sample_seconds": self.sample_seconds, "points": points}
+
+    def _totals(self) -> tuple[float, float]:
+        """Requests answered (but the watchers' reads) and tokens generated, since start."""
+        requests = sum(
+            s.value
+            for m in self.requests.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels["route"] not in _WATCHING
+        )
+        tokens = sum(
+            s.value
+            for m in self.completion_tokens.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+        return requests, tokens
+
+    def _point(self, now: float, totals: tuple[float, float]) -> dict[str, float]:
+        """Rates since the last point, and the RAM in use now."""
+        then, requests_then, tokens_then = self._last
+        requests, tokens = totals
+        seconds = max(now - then, 1e-9)
+        mem = psutil.virtual_memory()
+        return {
+            "time": now,
+            "tokens_per_second": (tokens - tokens_then) / seconds,
+            "requests_per_minute": (requests - requests_then) * 60 / seconds,
+            "ram_used_bytes": float(mem.total - mem.available),
+        }
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

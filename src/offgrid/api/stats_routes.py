@@ -1,5 +1,6 @@
 """What the box is doing: ``/metrics`` for Prometheus, ``/api/stats`` for the dashboard
-(the same figures as JSON, with the machine's CPU, memory, GPUs and models disk)."""
+(the same figures as JSON, with the machine's CPU, memory, GPUs and models disk, and the
+last hour's history for its charts)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ async def prometheus(runtime: RuntimeDep) -> Response:
 
 @router.get("/api/stats")
 async def stats(runtime: RuntimeDep) -> dict[str, Any]:
-    """The metrics as JSON, the loaded engines, and the machine now."""
+    """The metrics as JSON, the loaded engines, the machine now, and the last hour."""
     return {
         "metrics": runtime.metrics.stats(),
+        "history": runtime.metrics.history(),
         "engines": runtime.scheduler.status(),
         "system": await asyncio.to_thread(_system, runtime.settings),
     }

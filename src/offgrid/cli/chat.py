@@ -2,7 +2,9 @@
 ``exit`` and ``clear``.
 
 Reads one user message per line, from a terminal (with line editing) or a pipe, and prints
-the reply as it streams. Ctrl-C during a reply stops that reply; Ctrl-D or ``exit`` quits.
+the reply as it streams: a reasoning model's thinking first, under "Thinking…" (dim on a
+terminal), then its answer; only the answer joins the history. Ctrl-C during a reply stops
+that reply; Ctrl-D or ``exit`` quits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from offgrid.cli.common import settings_from
 from offgrid.errors import ModelNotFoundError, OffGridError
 
 __all__ = ["ChatSession", "run"]
+
+_DIM, _PLAIN = "\033[2m", "\033[0m"
 
 
 class ChatSession:
@@ -39,19 +43,30 @@ class ChatSession:
     def clear(self) -> None:
         self.history = [{"role": "system", "content": self.system}] if self.system else []
 
-    def send(self, text: str, write: Callable[[str], None]) -> str:
-        """Send one user message, writing the reply as it streams; keep both in history."""
+    def send(self, text: str, write: Callable[[str], None], *, styled: bool = False) -> str:
+        """Send one user message, writing the reply as it streams (the thinking dim when
+        ``styled``); keep the message and the answer in history."""
         self.history.append({"role": "user", "content": text})
         pieces: list[str] = []
+        thinking = False
         try:
             for piece in stream_reply(self.base_url, self.model, self.history):
-                pieces.append(piece)
-                write(piece)
+                if piece.reasoning and not thinking:
+                    write(f"{_DIM}Thinking…\n" if styled else "Thinking…\n")
+                elif thinking and not piece.reasoning:
+                    write(f"{_PLAIN}\n\n" if styled else "\n\n")
+                thinking = piece.reasoning
+                if not thinking:
+                    pieces.append(piece.text)
+                write(piece.text)
         except KeyboardInterrupt:
             write("\n[stopped]")
         except OffGridError:
             self.history.pop()
             raise
+        finally:
+            if thinking and styled:
+                write(_PLAIN)
         reply = "".join(pieces)
         self.history.append({"role": "assistant", "content": reply})
         return reply
@@ -77,7 +92,7 @@ class ChatSession:
                 self.clear()
                 write("[history cleared]\n")
                 continue
-            self.send(text, write)
+            self.send(text, write, styled=out.isatty())
             write("\n")
 
 

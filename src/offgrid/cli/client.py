@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from offgrid.cli.common import settings_from
 from offgrid.config import Settings
@@ -26,7 +26,7 @@ from offgrid.errors import (
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["api_url", "call_server", "model_ids", "stream_reply"]
+__all__ = ["Piece", "api_url", "call_server", "model_ids", "stream_reply"]
 
 _KEY_HINT = " Give the CLI a key: OFFGRID_API_KEY=<key> (an admin makes one: offgrid keys create)."
 
@@ -110,7 +110,14 @@ def model_ids(base_url: str) -> list[str]:
         raise EngineError(f"Cannot list models at {base_url}: {exc}") from exc
 
 
-def stream_reply(base_url: str, model: str, messages: list[dict[str, str]]) -> Iterator[str]:
+class Piece(NamedTuple):
+    """A streamed piece of a reply: of its answer, or of the model's reasoning before it."""
+
+    text: str
+    reasoning: bool = False
+
+
+def stream_reply(base_url: str, model: str, messages: list[dict[str, str]]) -> Iterator[Piece]:
     """Yield the pieces of the assistant's reply as the server streams them."""
     import httpx2
 
@@ -131,9 +138,11 @@ def stream_reply(base_url: str, model: str, messages: list[dict[str, str]]) -> I
                 if "error" in event:
                     raise EngineError(str(event["error"].get("message", event["error"])))
                 for choice in event.get("choices", []):
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        yield piece
+                    delta = choice.get("delta") or {}
+                    if delta.get("reasoning_content"):
+                        yield Piece(delta["reasoning_content"], reasoning=True)
+                    if delta.get("content"):
+                        yield Piece(delta["content"])
     except httpx2.HTTPError as exc:
         raise EngineError(f"Cannot reach the server at {base_url}: {exc}") from exc
 

@@ -82,10 +82,17 @@ def plan_placement(settings: Settings, gpu: bool, model: ModelInfo, budget: Memo
 
 
 def _footprint(options: EngineOptions, model: ModelInfo) -> Footprint:
-    """The model's footprint with its engine options. The header of a split model's first
-    part describes that part's tensors only: such a model is sized by its files."""
+    """The model's footprint with its engine options, its projector counted in. The header
+    of a split model's first part describes that part's tensors only: such a model is
+    sized by its files."""
     gguf = None if model.more_parts else model.gguf
-    return footprint(model.size, gguf, context=options.context, parallel=options.parallel)
+    return footprint(
+        model.size - model.projector_size,
+        gguf,
+        context=options.context,
+        parallel=options.parallel,
+        projector=model.projector_size,
+    )
 
 
 def estimate(settings: Settings, model: ModelInfo) -> dict[str, int]:

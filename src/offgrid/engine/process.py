@@ -30,6 +30,7 @@ import aiohttp
 from offgrid.engine.build import EngineBinary
 from offgrid.engine.cpu_variants import set_aside_faulting_variant
 from offgrid.errors import EngineUnavailableError
+from offgrid.models.model_info import POOLED
 from offgrid.models.registry import ModelInfo
 
 __all__ = [
@@ -82,7 +83,7 @@ class EngineOptions:
     parallel: int = 4
     threads: int = 0
     gpu_layers: int | None = None
-    embeddings: bool = True
+    embeddings: bool = True  # a chat model serves /v1/embeddings too
     extra_args: tuple[str, ...] = ()
 
 
@@ -94,12 +95,12 @@ def default_threads() -> int:
 
 
 def template_args(model: ModelInfo) -> list[str]:
-    """Give a model without a chat template one chosen by its architecture.
+    """Give a chat model without a chat template one chosen by its architecture.
 
     A Jinja file keeps ``--jinja`` on (tools and json_schema need it); a bare
     ``--chat-template gemma`` would be read as a literal Jinja template.
     """
-    if model.gguf is None or model.gguf.chat_template:
+    if model.gguf is None or model.gguf.chat_template or model.kind != "chat":
         return []
     family = "gemma" if model.gguf.architecture.startswith("gemma") else "chatml"
     path = resources.files("offgrid.engine") / "templates" / f"{family}.jinja"
@@ -113,6 +114,12 @@ def build_argv(
 
     ``-c`` is split across the ``-np`` slots, so it is the per-request context times the
     slots; the per-request context is capped at what the model was trained for.
+    The model's kind picks the mode: a reranker gets ``--reranking`` (rank pooling), an
+    embedding model ``--embeddings`` with its own pooling (mean if it declares none, as
+    ``/v1/embeddings`` needs one), a chat model ``--embeddings --pooling mean`` when
+    ``options.embeddings``. An encoder (non-causal) must take each input in one batch,
+    so its batches are a whole slot's context (llama-server refuses longer inputs than
+    ``--ubatch-size``, 512 by default). A projector is passed with ``--mmproj``.
     """
     trained = model.gguf.context_length if model.gguf and model.gguf.context_length else 0
     per_slot = min(options.context, trained) if trained else options.context
@@ -137,8 +144,17 @@ def build_argv(
     ]
     if options.gpu_layers is not None:
         argv += ["--n-gpu-layers", str(options.gpu_layers), "--fit", "off"]
-    if options.embeddings:
+    g, kind = model.gguf, model.kind
+    if kind == "rerank":
+        argv.append("--reranking")
+    elif kind == "embedding":
+        argv += ["--embeddings"] + ([] if g and g.pooling_type in POOLED else ["--pooling", "mean"])
+    elif options.embeddings:
         argv += ["--embeddings", "--pooling", "mean"]
+    if kind != "chat" and g and not g.causal_attention:
+        argv += ["--batch-size", str(per_slot), "--ubatch-size", str(per_slot)]
+    if model.projector is not None:
+        argv += ["--mmproj", str(model.projector)]
     return argv + template_args(model) + list(options.extra_args)
 
 
@@ -260,7 +276,11 @@ class Engine:
         except BaseException:
             await engine.stop()
             faulted = engine.proc is not None and engine.proc.returncode == -signal.SIGILL
-            if faulted and await asyncio.to_thread(set_aside_faulting_variant, binary.path.parent):
+            if (
+                faulted
+                and (await asyncio.to_thread(set_aside_faulting_variant, binary.path.parent))
+                is not None
+            ):
                 return await cls.start(  # with the next best CPU kernels, until none is left
                     binary, model, options, log_dir=log_dir, timeout=timeout, host=host
                 )

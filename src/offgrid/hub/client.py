@@ -14,10 +14,11 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from offgrid.errors import BadRequestError, IntegrityError, NotFoundError, UnreachableError
+from offgrid.models.pairing import pair, projector_named
 from offgrid.models.quantization import quant_of
 from offgrid.models.registry import split_name
 from offgrid.placement import rough_need
@@ -62,11 +63,18 @@ class HubFile:
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """A model a repository offers: one GGUF file, or the parts of a split one."""
+    """A model a repository offers: one GGUF file, or the parts of a split one, and the
+    vision projector (mmproj file) that comes with it (``models.pairing``)."""
 
     repo: str
     revision: str  # the commit the sizes and hashes belong to
     files: tuple[HubFile, ...]
+    projector: HubFile | None = None
+
+    @property
+    def downloads(self) -> tuple[HubFile, ...]:
+        """Every file to fetch, the projector first: the model is whole once it arrives."""
+        return (*((self.projector,) if self.projector else ()), *self.files)
 
     @property
     def model_id(self) -> str:
@@ -81,7 +89,7 @@ class RemoteModel:
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.downloads)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +100,8 @@ class RemoteModel:
             "size": self.size,
             "ram_needed": rough_need(self.size),
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "projector": self.projector.name if self.projector else None,
+            "vision": self.projector is not None,
         }
 
 
@@ -212,14 +222,21 @@ def repo_models(repo: str, revision: str | None = None) -> list[RemoteModel]:
 
 
 def _models_of(info: dict[str, Any]) -> list[RemoteModel]:
+    """The models of a repository's file list, each with the projector of its folder that
+    pairs with it (a repository holds one model: a lone projector serves each)."""
     files: dict[str, list[HubFile]] = {}
+    projectors: dict[str, dict[str, HubFile]] = {}  # by folder, then file name
     for sib in info.get("siblings") or ():
         name, lfs = str(sib.get("rfilename", "")), sib.get("lfs")
         if not name.endswith(".gguf") or not lfs:
             continue
         hub_file = HubFile(name, int(lfs["size"]), str(lfs["sha256"]))
+        folder = name.rsplit("/", 1)[0] if "/" in name else ""
+        if projector_named(hub_file.base_name):
+            projectors.setdefault(folder, {})[hub_file.base_name] = hub_file
+            continue
         split = split_name(hub_file.base_name)
-        key = name.rsplit("/", 1)[0] + "/" + split[0] if split else name
+        key = folder + "/" + split[0] if split else name
         files.setdefault(key, []).append(hub_file)
     models = []
     for parts in files.values():
@@ -228,7 +245,14 @@ def _models_of(info: dict[str, Any]) -> list[RemoteModel]:
         if split and (split[1] != 1 or len(parts) != split[2]):
             continue  # an incomplete split set cannot be loaded
         models.append(RemoteModel(info["id"], info.get("sha") or "main", tuple(parts)))
-    return sorted(models, key=lambda m: m.files[0].name)
+    return sorted((_with_projector(m, projectors) for m in models), key=lambda m: m.files[0].name)
+
+
+def _with_projector(model: RemoteModel, projectors: dict[str, dict[str, HubFile]]) -> RemoteModel:
+    name = model.files[0].name
+    beside = projectors.get(name.rsplit("/", 1)[0] if "/" in name else "", {})
+    chosen = pair([model.model_id], list(beside), one_model=True).get(model.model_id)
+    return replace(model, projector=beside[chosen]) if chosen else model
 
 
 def search(
@@ -306,4 +330,5 @@ def from_catalog(quant: CatalogQuant) -> RemoteModel:
                 "not downloaded. Update the catalog, or use `offgrid download-hf` to take it."
             )
         files.append(hub_file)
-    return RemoteModel(quant.repo, models[0].revision, tuple(files))
+    projector = next((m.projector for m in models if m.files == tuple(files)), None)
+    return RemoteModel(quant.repo, models[0].revision, tuple(files), projector)

@@ -8,7 +8,8 @@ pipeline of ``atomic_files.write_hashed``), so verifying costs no extra pass. Lo
 are retried with backoff; the download gives up only after ``RETRIES`` attempts in a row
 that brought no byte. The file becomes a model only once its size and sha256 are those the
 Hub published for it (its LFS object id); a damaged file is discarded and nothing is
-registered. A split model's parts are fetched one after another and registered together.
+registered. A split model's parts are fetched one after another and registered together;
+a vision model's projector is fetched first, as ``mmproj-<model id>.gguf`` (``pairing``).
 
 The bytes go through the ``httpx2`` client of ``huggingface_hub`` (``get_session()``), so
 downloads and the Hub's API calls (``hub.client``) share its proxies, headers and
@@ -46,6 +47,7 @@ from offgrid.errors import (
 )
 from offgrid.hub.client import TIMEOUT, HubFile, RemoteModel, auth_headers, endpoint, file_url
 from offgrid.models.bundle import safe_file_name
+from offgrid.models.pairing import projector_name
 
 if TYPE_CHECKING:
     import httpx2
@@ -82,8 +84,12 @@ def fetch_model(
 
     folder = registry.models_dir
     folder.mkdir(parents=True, exist_ok=True)
-    targets = [folder / safe_file_name(f.base_name, remote.repo) for f in remote.files]
-    todo = [(f, t) for f, t in zip(remote.files, targets, strict=True) if not _have(registry, f, t)]
+    names = [f.base_name for f in remote.files]
+    if remote.projector is not None:
+        names.insert(0, projector_name(remote.model_id))
+    targets = [folder / safe_file_name(name, remote.repo) for name in names]
+    files = list(zip(remote.downloads, targets, strict=True))
+    todo = [(f, t) for f, t in files if not _have(registry, f, t)]
     if not todo:
         return False
     left = sum(f.size - _size(_partial(f, t)) for f, t in todo)
@@ -94,7 +100,7 @@ def fetch_model(
         job = _Transfer(session, url, hub_file, target, progress, notes, rate, retries, stop)
         job.run()
     origin = {"kind": "huggingface", "repo": remote.repo, "revision": remote.revision}
-    for hub_file, target in zip(remote.files, targets, strict=True):
+    for hub_file, target in files:
         registry.record(target, hub_file.sha256, origin={**origin, "file": hub_file.name})
     return True
 

@@ -55,7 +55,7 @@ class Pull:
             "model_id": self.remote.model_id,
             "repo": self.remote.repo,
             "quantization": self.remote.quant,
-            "files": [f.name for f in self.remote.files],
+            "files": [f.name for f in self.remote.downloads],
             "status": self.status,
             "total": total,
             "completed": self.done,
@@ -174,12 +174,13 @@ class _Progress:
 
     def __init__(self, pull: Pull, changed: Any) -> None:
         self.pull, self.changed = pull, changed
-        self.files = {f.base_name: f for f in pull.remote.files}
+        self.files = {f.base_name: f for f in pull.remote.downloads}
         self._last = 0.0
 
     def start(self, name: str, total: int, done: int = 0) -> None:
         pull = self.pull
-        before = [f.size for f in pull.remote.files[: pull.remote.files.index(self.files[name])]]
+        files = pull.remote.downloads
+        before = [f.size for f in files[: files.index(self.files[name])]]
         pull.done = sum(before) + done
         pull._resumed, pull._began = pull.done, time.monotonic()
 

@@ -3,11 +3,12 @@
 Layout (docs/decisions.md; compatible with the manifest of the Go project of this name)::
 
     <dest>/README.txt                  how to check and import it
-    <dest>/offgrid-models/*.gguf       the models
+    <dest>/offgrid-models/*.gguf       the models (and their projectors: mmproj-<id>.gguf)
     <dest>/offgrid-models/manifest.json
     <dest>/offgrid-models/SHA256SUMS   for `sha256sum -c`
 
-The manifest lists each file with its id, size, sha256 and GGUF metadata, and is signed
+The manifest lists each model with its id, size, sha256, GGUF metadata and projector
+(a vision model's mmproj file, with its own name, size and sha256), and is signed
 with the exporting node's key (``offgrid.models.keys``). Reading a bundle trusts nothing in
 it: file names must be plain names inside the bundle folder, and hashes are checked as the
 files are copied.
@@ -35,6 +36,7 @@ from offgrid.atomic_files import (
 )
 from offgrid.errors import BadRequestError
 from offgrid.models.keys import Keys, signature_key
+from offgrid.models.pairing import projector_name
 from offgrid.models.registry import ModelInfo, Registry
 
 __all__ = ["BUNDLE_DIR", "BundleEntry", "export_bundle", "find_manifest", "read_bundle"]
@@ -50,6 +52,7 @@ class BundleEntry:
     path: Path
     model_id: str
     sha256: str
+    projector: tuple[Path, str] | None = None  # its vision projector's path and sha256
 
 
 def find_manifest(folder: Path) -> Path | None:
@@ -96,17 +99,27 @@ def read_bundle(
     for item in models:
         if not isinstance(item, dict):
             raise BadRequestError(f"{what} has a model entry that is not an object")
-        name = safe_file_name(item.get("file_name"), what)
-        sha = str(item.get("sha256", "")).lower()
-        if not SHA256_HEX.match(sha):
-            raise BadRequestError(f"{what} gives {name} no valid sha256")
-        path = folder / name
-        if path.is_symlink():
-            raise BadRequestError(f"{path} is a symbolic link; a bundle holds plain files")
-        model_id = str(item.get("model_id") or name[:-5])
+        path, sha = _bundle_file(folder, item, what)
+        model_id = str(item.get("model_id") or path.stem)
         safe_file_name(model_id + ".gguf", what)
-        entries.append(BundleEntry(path, model_id, sha))
+        projector = item.get("projector")
+        if projector is not None and not isinstance(projector, dict):
+            raise BadRequestError(f"{what} gives {model_id} a projector that is not an object")
+        projector_file = None if projector is None else _bundle_file(folder, projector, what)
+        entries.append(BundleEntry(path, model_id, sha, projector_file))
     return entries, note
+
+
+def _bundle_file(folder: Path, item: dict[str, Any], what: str) -> tuple[Path, str]:
+    """The path and sha256 of a file a manifest lists, refused unless both are safe."""
+    name = safe_file_name(item.get("file_name"), what)
+    sha = str(item.get("sha256", "")).lower()
+    if not SHA256_HEX.match(sha):
+        raise BadRequestError(f"{what} gives {name} no valid sha256")
+    path = folder / name
+    if path.is_symlink():
+        raise BadRequestError(f"{path} is a symbolic link; a bundle holds plain files")
+    return path, sha
 
 
 def export_bundle(
@@ -131,8 +144,8 @@ def export_bundle(
             raise BadRequestError(f"{m.id} cannot be exported: {m.error}")
         if m.more_parts:
             raise BadRequestError(
-                f"{m.id} is split in {len(m.files)} parts, which bundles do not carry yet: "
-                f"copy its files ({m.path.name} and the rest) with the stick's own tools."
+                f"{m.id} is split in {1 + len(m.more_parts)} parts, which bundles do not carry "
+                f"yet: copy its files ({m.path.name} and the rest) with the stick's own tools."
             )
     out = dest / BUNDLE_DIR
     try:
@@ -140,26 +153,28 @@ def export_bundle(
     except OSError as exc:
         raise BadRequestError(f"Cannot create {out}: {exc.strerror}") from exc
     clean_partials(out)  # left by an export that was interrupted
-    todo = {m.id: m for m in models if not _already_there(registry, m, out)}
-    need = sum(m.size for m in todo.values())
-    check_free_space(out, need, what=f"{len(todo)} model(s)")
-    entries = []
-    for m in models:
-        target = out / f"{m.id}.gguf"
-        if m.id in todo:
+    files = {(m.id, src): target for m in models for src, target in _targets(m, out)}
+    todo = {key for key, target in files.items() if not _already_there(registry, key[1], target)}
+    need = sum(src.stat().st_size for _, src in todo)
+    check_free_space(out, need, what=f"{len({i for i, _ in todo})} model(s)")
+    digests: dict[tuple[str, Path], tuple[str, str]] = {}
+    for (model_id, src), target in files.items():
+        recorded = registry.recorded_hash(src)
+        if (model_id, src) in todo:
             digest = copy_hashed(
-                m.path,
+                src,
                 target,
-                expected=m.sha256,
+                expected=recorded,
                 overwrite=True,
                 read_back=read_back,
                 progress=progress,
             )
-            if m.sha256 is None:
-                registry.record(m.path, digest)
+            if recorded is None:
+                registry.record(src, digest)
         else:
-            digest = registry.hash_of(m)
-        entries.append(_entry(m, target.name, digest))
+            digest = recorded or registry.file_hash(src)
+        digests[model_id, src] = (target.name, digest)
+    entries = [_entry(m, digests) for m in models]
     manifest: dict[str, Any] = {
         "format": "offgrid-bundle",
         "version": "1",
@@ -171,7 +186,8 @@ def export_bundle(
     }
     if keys is not None:
         manifest["signature"] = keys.sign(manifest)
-    sums = "".join(f"{e['sha256']}  {e['file_name']}\n" for e in entries)
+    listed = [f for e in entries for f in (e, e.get("projector")) if f]
+    sums = "".join(f"{f['sha256']}  {f['file_name']}\n" for f in listed)
     for path, text in (
         (out / "manifest.json", json.dumps(manifest, indent=2)),
         (out / "SHA256SUMS", sums),
@@ -182,23 +198,36 @@ def export_bundle(
     return out / "manifest.json"
 
 
-def _already_there(registry: Registry, model: ModelInfo, out: Path) -> bool:
-    target = out / f"{model.id}.gguf"
-    if not target.is_file() or target.stat().st_size != model.size:
+def _targets(model: ModelInfo, out: Path) -> list[tuple[Path, Path]]:
+    """(source, file in the bundle) of each file of ``model``: it, and its projector."""
+    pairs = [(model.path, out / f"{model.id}.gguf")]
+    if model.projector is not None:
+        pairs.append((model.projector, out / projector_name(model.id)))
+    return pairs
+
+
+def _already_there(registry: Registry, src: Path, target: Path) -> bool:
+    if not target.is_file() or target.stat().st_size != src.stat().st_size:
         return False
-    return hash_file(target) == registry.hash_of(model)
+    return hash_file(target) == registry.file_hash(src)
 
 
-def _entry(model: ModelInfo, file_name: str, sha256: str) -> dict[str, Any]:
+def _entry(model: ModelInfo, digests: dict[tuple[str, Path], tuple[str, str]]) -> dict[str, Any]:
+    """A model's manifest entry, from the (file name, sha256) of each of its files."""
     shown = model.as_dict()
-    return {
+    file_name, sha256 = digests[model.id, model.path]
+    entry = {
         "file_name": file_name,
         "model_id": model.id,
         "quantization": shown["quantization"],
-        "size": model.size,
+        "size": model.size - model.projector_size,
         "sha256": sha256,
         "gguf": {k: shown[k] for k in _META_KEYS},
     }
+    if model.projector is not None:
+        name, digest = digests[model.id, model.projector]
+        entry["projector"] = {"file_name": name, "size": model.projector_size, "sha256": digest}
+    return entry
 
 
 def _readme(manifest: dict[str, Any], keys: Keys | None) -> str:

@@ -84,6 +84,17 @@ class GGUFInfo:
     output_bytes: int  # output norm and projection
     tied_output: bool  # no output projection: the engine reuses the token embeddings
     data_end: int  # where the last tensor ends: the size of the complete file (0 if unknown)
+    general_type: str  # ``general.type``: "model", "mmproj" (a vision projector), or ""
+    pooling_type: int | None  # ``{arch}.pooling_type`` (llama.cpp's: 1 mean, 2 cls, 3 last, 4 rank)
+    causal_attention: bool  # False for encoders (BERT and kin): each input in one batch
+    reranker: bool  # a classification head (``cls.*``, output labels) or rank pooling
+    thinking: bool  # the chat template can think (``<think>``, ``enable_thinking``, ...)
+    tools: bool  # the chat template takes ``tools``
+
+    @property
+    def projector(self) -> bool:
+        """A multimodal projector (mmproj) file: what gives a model vision, not a model."""
+        return self.general_type == "mmproj" or self.architecture == "clip"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,9 +106,14 @@ class GGUFInfo:
 
     @classmethod
     def from_stored(cls, data: list[Any] | dict[str, Any]) -> GGUFInfo:
-        """The inverse of ``as_row`` (or of ``as_dict``, as older versions stored it)."""
+        """The inverse of ``as_row`` (or of ``as_dict``, as older versions stored it).
+
+        What another version stored, with other fields, raises (KeyError or ValueError):
+        the file is then read again."""
         if isinstance(data, dict):
             data = [data[f.name] for f in fields(cls)]
+        if len(data) != len(fields(cls)):
+            raise ValueError("stored with other fields")
         data[_LAYER_BYTES] = tuple(data[_LAYER_BYTES])  # JSON made the tuple a list
         return cls(*data)
 
@@ -113,6 +129,11 @@ class _Array:
 
 
 _LAYER = re.compile(r"blk\.(\d+)\.")
+_CLASSIFIER = frozenset({"cls.weight", "cls.output.weight"})  # llama.cpp's LLM_TENSOR_CLS*
+_RANK = 4  # LLAMA_POOLING_TYPE_RANK
+# What chat templates that think mention (Qwen3, DeepSeek-R1, gpt-oss and kin).
+_THINKING = ("<think>", "enable_thinking", "reasoning_content", "reasoning_effort")
+_TOOLS = re.compile(r"\btools\b")
 
 
 class _Cursor:
@@ -236,6 +257,11 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
     head_dim = embd // heads if heads else 0
     vocab = kv.get("tokenizer.ggml.tokens")
     block_count = arch_int("block_count", len(layers))
+    pooling = kv.get(f"{arch}.pooling_type")
+    pooling = int(pooling) if isinstance(pooling, int) else None
+    templates = " ".join(
+        v for k, v in kv.items() if k.startswith("tokenizer.chat_template") and isinstance(v, str)
+    )
     return GGUFInfo(
         architecture=arch,
         name=str(kv.get("general.name") or path.stem),
@@ -256,4 +282,12 @@ def _parse(cur: _Cursor, path: Path) -> GGUFInfo:
         output_bytes=output_bytes,
         tied_output=not any(name == "output.weight" for _, name in tensors),
         data_end=data_start + last_end if last_end > 0 else 0,
+        general_type=str(kv.get("general.type") or ""),
+        pooling_type=pooling,
+        causal_attention=kv.get(f"{arch}.attention.causal", True) is not False,
+        reranker=pooling == _RANK
+        or f"{arch}.classifier.output_labels" in kv
+        or any(name in _CLASSIFIER for _, name in tensors),
+        thinking=any(marker in templates for marker in _THINKING),
+        tools=bool(_TOOLS.search(templates)),
     )

@@ -4,7 +4,9 @@ Each file is checked to be a whole GGUF model, then either copied into the model
 (one pass that copies and hashes, published only once verified: ``atomic_files``) or, with
 ``link``, registered where it lies. A file whose hash is already installed is skipped; a
 name taken by a different model is refused, never overwritten. Copies left by a killed
-import are removed when the next one starts.
+import are removed when the next one starts. A model's vision projector comes with it, as
+``mmproj-<model id>.gguf`` (``pairing``), verified the same way and brought in first, so
+the model never shows without it; a damaged projector refuses the model.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from offgrid.atomic_files import (
 from offgrid.errors import BadRequestError, IntegrityError, OffGridError
 from offgrid.models.bundle import safe_file_name
 from offgrid.models.gguf_meta import read_gguf_info
-from offgrid.models.registry import ModelInfo, Registry, Report
+from offgrid.models.pairing import projector_name
+from offgrid.models.registry import ModelInfo, Registry, Report, split_name
 from offgrid.models.sources import Candidate, Found
 
 __all__ = ["import_found"]
@@ -66,10 +69,11 @@ def _import_one(
     link: bool,
     progress: Progress,
 ) -> Report:
-    read_gguf_info(cand.path)  # a whole, readable GGUF model, or a clear refusal
+    if read_gguf_info(cand.path).projector:  # a whole, readable GGUF model, or a clear refusal
+        raise BadRequestError(f"{cand.path.name} is a vision projector (mmproj), not a model")
     listed = registry.list()
     expected, size = cand.expected, cand.path.stat().st_size
-    hashed = expected is None and any(m.size == size for m in listed)
+    hashed = expected is None and any(m.size - m.projector_size == size for m in listed)
     if hashed:
         expected = hash_file(cand.path, progress)  # a likely duplicate: hash it before copying
     if expected is not None and (dup := _installed(registry, listed, expected, size)):
@@ -83,13 +87,20 @@ def _import_one(
             f"a different model named {model_id} is installed ({clash.path}); import this one "
             "under another name with --name, or remove the other first",
         )
+    proj = cand.projector
+    note = " (with its projector)" if proj is not None else ""
     if link:
         digest = expected if hashed and expected else hash_file(cand.path, progress)
         if expected is not None and digest != expected:
             raise damaged(cand.path, digest, expected, cand.expected_from or "its source")
-        origin = {**cand.origin, "reference": True}
-        registry.record(cand.path, digest, origin=origin, model_id=model_id)
-        return Report(model_id, cand.path, "linked", _vouched(cand))
+        linked = [(cand, digest)] + ([(proj, _checked_hash(proj, progress))] if proj else [])
+        for file, file_digest in linked:  # under one id: the scan pairs them by it
+            origin = {**file.origin, "reference": True}
+            registry.record(file.path, file_digest, origin=origin, model_id=model_id)
+        return Report(model_id, cand.path, "linked", _vouched(cand) + note)
+    if proj is not None:
+        split = split_name(file_name)
+        _copy_projector(registry, proj, projector_name(split[0] if split else model_id), progress)
     dest = registry.models_dir / file_name
     try:
         digest = copy_hashed(
@@ -103,7 +114,40 @@ def _import_one(
             f"{dest} already exists (not a readable model); move it away or use --name",
         )
     registry.record(dest, digest, origin=cand.origin)
-    return Report(model_id, cand.path, "imported", _vouched(cand))
+    return Report(model_id, cand.path, "imported", _vouched(cand) + note)
+
+
+def _checked_hash(cand: Candidate, progress: Progress) -> str:
+    """The sha256 of a projector to link, once it is sure to be a whole, undamaged one."""
+    read_gguf_info(cand.path)
+    digest = hash_file(cand.path, progress)
+    if cand.expected is not None and digest != cand.expected:
+        raise damaged(cand.path, digest, cand.expected, cand.expected_from or "its source")
+    return digest
+
+
+def _copy_projector(
+    registry: Registry, cand: Candidate, file_name: str, progress: Progress
+) -> None:
+    """Copy a projector in as ``file_name``, verified; one already there is kept if it is
+    the same file."""
+    read_gguf_info(cand.path)
+    dest = registry.models_dir / file_name
+    try:
+        digest = copy_hashed(
+            cand.path,
+            dest,
+            expected=cand.expected,
+            expected_from=cand.expected_from,
+            progress=progress,
+        )
+    except FileExistsError:
+        if registry.file_hash(dest) != (cand.expected or hash_file(cand.path, progress)):
+            raise BadRequestError(
+                f"{dest} already exists and is another projector; move it away or use --name"
+            ) from None
+        return
+    registry.record(dest, digest, origin=cand.origin)
 
 
 def _installed(registry: Registry, listed: list[ModelInfo], sha256: str, size: int) -> str | None:
@@ -112,7 +156,7 @@ def _installed(registry: Registry, listed: list[ModelInfo], sha256: str, size: i
         if m.sha256 == sha256:
             return m.id
     for m in listed:
-        if m.sha256 is None and m.size == size:
+        if m.sha256 is None and m.size - m.projector_size == size:
             try:
                 if registry.hash_of(m) == sha256:
                     return m.id

@@ -1,15 +1,36 @@
-"""What the registry tells of one model: its file(s), metadata, hash and origin."""
+"""What the registry tells of one model: its file(s), metadata, hash, origin and kind."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from offgrid.models.gguf_meta import GGUFInfo
 
-__all__ = ["ModelInfo"]
+__all__ = ["ENCODERS", "POOLED", "Kind", "ModelInfo"]
+
+Kind = Literal["chat", "embedding", "rerank"]
+
+# llama.cpp's encoder-only architectures: they embed text, they do not generate it
+# (XLM-RoBERTa models are converted to "bert"; "t5" is an encoder-decoder and generates).
+ENCODERS = frozenset(
+    {
+        "bert",
+        "modern-bert",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "eurobert",
+        "gemma-embedding",
+        "t5encoder",
+        "llama-embed",
+    }
+)
+POOLED = frozenset({1, 2, 3})  # mean, cls, last: a pooled embedding (0 none, 4 rank)
 
 
 @dataclass(frozen=True)
@@ -18,7 +39,7 @@ class ModelInfo:
 
     id: str
     path: Path
-    size: int
+    size: int  # bytes of all its files, the projector's included
     mtime: float
     gguf: GGUFInfo | None
     error: str | None = None  # why the metadata could not be read, if it could not
@@ -26,16 +47,48 @@ class ModelInfo:
     origin: Mapping[str, Any] = field(default_factory=dict, compare=False)
     owned: bool = True  # in the models folder: removing the model deletes the file
     more_parts: tuple[Path, ...] = ()  # a split model's parts after the first (``path``)
+    projector: Path | None = None  # the multimodal projector (mmproj) that gives it vision
+    projector_size: int = 0
 
     @property
     def files(self) -> tuple[Path, ...]:
-        """Every file of the model: one, or each part of a split model."""
-        return (self.path, *self.more_parts)
+        """Every file of the model: one, or each part of a split model, and its projector."""
+        return (self.path, *self.more_parts, *((self.projector,) if self.projector else ()))
 
     @property
     def reference(self) -> bool:
         """A file registered where it lies, outside the model folders."""
         return bool(self.origin.get("reference"))
+
+    @property
+    def kind(self) -> Kind:
+        """What the engine serves it for, from its GGUF header: ``rerank`` for a
+        classification head or rank pooling; ``embedding`` for an encoder architecture,
+        non-causal attention, or a declared mean/cls/last pooling (decoder embedders such
+        as Qwen3-Embedding); ``chat`` otherwise, and when the header could not be read."""
+        g = self.gguf
+        if g is None:
+            return "chat"
+        if g.reranker:
+            return "rerank"
+        if g.architecture in ENCODERS or not g.causal_attention or g.pooling_type in POOLED:
+            return "embedding"
+        return "chat"
+
+    @property
+    def capabilities(self) -> list[str]:
+        """What it can do, in Ollama's words: ``completion``, ``embedding`` or ``rerank``
+        (its kind), then ``tools``, ``vision`` and ``thinking`` for a chat model."""
+        kind = self.kind
+        if kind != "chat":
+            return [kind]
+        g = self.gguf
+        found = {
+            "tools": bool(g and g.tools),
+            "vision": self.projector is not None,
+            "thinking": bool(g and g.thinking),
+        }
+        return ["completion", *(name for name, has in found.items() if has)]
 
     def as_dict(self) -> dict[str, Any]:
         """What ``offgrid show`` and ``/api/models`` tell of the model."""
@@ -48,7 +101,10 @@ class ModelInfo:
             "sha256": self.sha256,
             "origin": dict(self.origin),
             "owned": self.owned,
-            "parts": len(self.files),
+            "parts": 1 + len(self.more_parts),
+            "projector": str(self.projector) if self.projector else None,
+            "kind": self.kind,
+            "capabilities": self.capabilities,
             "error": self.error,
             "architecture": g.architecture if g else None,
             "name": g.name if g else None,

@@ -157,7 +157,16 @@ class Registry:
         """The model's recorded hash, hashing and recording it first if it has none."""
         if model.sha256 is not None:
             return model.sha256
-        return self._hash(model.path, progress, record_if=lambda _h: True)
+        return self.file_hash(model.path, progress)
+
+    def recorded_hash(self, path: Path) -> str | None:
+        """The hash recorded for ``path`` (one of a model's files), whatever its stat now."""
+        row = self._recorded(path)
+        return None if row is None else str(row["sha256"])
+
+    def file_hash(self, path: Path, progress: Progress | None = None) -> str:
+        """The recorded hash of ``path``, hashing and recording it first if it has none."""
+        return self.recorded_hash(path) or self._hash(path, progress, record_if=lambda _h: True)
 
     def _hash(self, path: Path, progress: Progress | None, record_if: Callable[[str], bool]) -> str:
         """Hash ``path``, recording the result when ``record_if`` accepts it."""
@@ -241,7 +250,8 @@ class Registry:
 
     # -- removal ----------------------------------------------------------------------
     def remove(self, model_id: str) -> str:
-        """Delete a model: its file if OffGrid owns it, its record in any case.
+        """Delete a model: its files if OffGrid owns it (its projector too, unless another
+        model uses it), its records in any case.
 
         A reference only forgets the file (it belongs to another tool); a file of an extra
         folder is refused (delete it there). Returns what was done, for the user.
@@ -252,22 +262,35 @@ class Registry:
         if model_id in gone:
             self._forget(gone[model_id])
             return f"forgot {model_id} (its file {gone[model_id]} was already gone)"
-        model = self.get(model_id)
+        models = self.list()
+        model = next((m for m in models if m.id == model_id), None)
+        if model is None:
+            raise ModelNotFoundError(model_id, [m.id for m in models])
         if model.reference:
-            self._forget(model.path)
+            for path in model.files:
+                self._forget(path)
             return f"forgot {model_id}; its file {model.path} was left where it is"
         if not model.owned:
             raise ConflictError(
                 f"{model_id} lives in {model.path.parent}, a folder OffGrid reads but does not "
                 "own. Delete the file there, or take the folder out of OFFGRID_EXTRA_MODEL_DIRS."
             )
+        shared = model.projector is not None and any(
+            m.projector == model.projector for m in models if m.id != model_id
+        )
         for path in model.files:
+            if path == model.projector and shared:
+                continue  # it gives vision to another quantization of the model too
             try:
                 path.unlink()
             except OSError as exc:
                 raise StorageError(f"Cannot delete {path}: {exc.strerror}") from exc
             self._forget(path)
         more = f" and its {len(model.more_parts)} other parts" if model.more_parts else ""
+        if model.projector is not None:
+            more += (
+                " (its projector kept: another model uses it)" if shared else " and its projector"
+            )
         return f"deleted {model.path}{more}"
 
     def _forget(self, path: Path) -> None:

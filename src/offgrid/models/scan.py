@@ -7,6 +7,10 @@ found once every part is there; the engine opens the first part and finds the ot
 it. A file that ends before its GGUF header says it should (still being copied in) is not
 found until it is whole.
 
+A vision projector (a file named ``mmproj…``, or whose header says ``general.type`` mmproj
+or architecture clip) is not a model: it is paired with a model of its folder
+(``pairing``), or, for references, with the reference registered under the same id.
+
 A file's GGUF header is read only when the file is new or its size or mtime changed: what
 was read is kept in the index, and in memory for the life of the scanner.
 """
@@ -25,12 +29,14 @@ from offgrid.errors import IncompleteGGUFError, OffGridError
 from offgrid.models.gguf_meta import GGUFInfo, read_gguf_info
 from offgrid.models.index import MetaRow, Session, stamp
 from offgrid.models.model_info import ModelInfo
+from offgrid.models.pairing import pair, projector_named
 
 __all__ = ["Scanner", "split_name"]
 
 _SPLIT = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.gguf$")
 
-_Candidate = tuple[str, str, os.stat_result, bool, tuple[Path, ...]]  # the path as a str
+# (id, path as a str, stat, owned, further parts, group: its folder, or a reference's id)
+_Candidate = tuple[str, str, os.stat_result, bool, tuple[Path, ...], str]
 
 
 def split_name(file_name: str) -> tuple[str, int, int] | None:
@@ -51,14 +57,25 @@ class Scanner:
         """Every complete model, by id, storing in the index the headers it had to read."""
         rows = session.rows()
         found: dict[str, ModelInfo] = {}
+        groups: dict[str, tuple[list[str], dict[str, ModelInfo]]] = {}  # models, projectors
         writes: list[MetaRow] = []
-        for model_id, path, st, owned, more in self._candidates(rows):
-            if model_id not in found:
-                info = self._describe(model_id, path, st, rows.get(path), owned, writes)
-                if info is not None:
-                    found[model_id] = _with_parts(info, more)
+        for model_id, path, st, owned, more, group in self._candidates(rows):
+            models, projectors = groups.setdefault(group, ([], {}))
+            if model_id in found and model_id not in models:
+                continue  # taken by an earlier folder (a reference's projector shares its id)
+            info = self._describe(model_id, path, st, rows.get(path), owned, writes)
+            if info is None:
+                continue
+            if projector_named(info.path.name) or (info.gguf is not None and info.gguf.projector):
+                projectors[info.path.name] = info
+            elif model_id not in found:
+                found[model_id] = _with_parts(info, more)
+                models.append(model_id)
         if writes:
             session.store_meta(writes)
+        for models, projectors in groups.values():
+            for model_id, name in pair(models, list(projectors)).items():
+                found[model_id] = _with_projector(found[model_id], projectors[name])
         return found
 
     def forget(self, path: Path) -> None:
@@ -92,7 +109,7 @@ class Scanner:
                 try:
                     if entry.is_file():
                         model_id = split[0] if split else name[:-5]
-                        out.append((model_id, entry.path, entry.stat(), owned, more))
+                        out.append((model_id, entry.path, entry.stat(), owned, more, str(folder)))
                 except OSError:
                     continue  # vanished between listing and stat
         for row in rows.values():
@@ -101,7 +118,7 @@ class Scanner:
                     st = os.stat(row["path"])
                 except OSError:
                     continue
-                out.append((row["model_id"], row["path"], st, False, ()))
+                out.append((row["model_id"], row["path"], st, False, (), "\0" + row["model_id"]))
         return out
 
     def _describe(
@@ -146,6 +163,16 @@ def _with_parts(model: ModelInfo, more: tuple[Path, ...]) -> ModelInfo:
         return model
     size = model.size + sum(p.stat().st_size for p in more)
     return dataclasses.replace(model, size=size, more_parts=more)
+
+
+def _with_projector(model: ModelInfo, projector: ModelInfo) -> ModelInfo:
+    """A model's info with the projector that gives it vision (its size counted in)."""
+    return dataclasses.replace(
+        model,
+        size=model.size + projector.size,
+        projector=projector.path,
+        projector_size=projector.size,
+    )
 
 
 def _cached(row: sqlite3.Row) -> tuple[GGUFInfo | None, str | None] | None:

@@ -6,6 +6,9 @@ folder), an OffGrid bundle, an Ollama model store or one of its models by name
 ``lmstudio`` name those tools' usual folders. Hashes come from what vouches for a file:
 a bundle manifest, an Ollama manifest digest, a HuggingFace blob name, a ``SHA256SUMS``
 or a ``<file>.sha256`` beside it.
+
+A model's vision projector (mmproj file) comes along with it: the one beside it in its
+folder (``pairing``), the projector layer of an Ollama model, or the one a bundle lists.
 """
 
 from __future__ import annotations
@@ -13,20 +16,24 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from offgrid.atomic_files import SHA256_HEX
-from offgrid.errors import BadRequestError
+from offgrid.errors import BadRequestError, OffGridError
 from offgrid.models.bundle import find_manifest, read_bundle, safe_file_name
+from offgrid.models.gguf_meta import read_gguf_info
 from offgrid.models.keys import Keys
+from offgrid.models.pairing import pair, projector_name, projector_named
+from offgrid.models.scan import split_name
 
 __all__ = ["Candidate", "Found", "find_candidates"]
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _OLLAMA_MODEL = "application/vnd.ollama.image.model"
+_OLLAMA_PROJECTOR = "application/vnd.ollama.image.projector"
 _OLLAMA_HOST = "registry.ollama.ai"
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 
@@ -40,6 +47,7 @@ class Candidate:
     origin: Mapping[str, Any]
     expected: str | None = None  # the sha256 it must have
     expected_from: str = ""  # what vouches for that hash
+    projector: Candidate | None = None  # the model's vision projector, imported with it
 
 
 @dataclass
@@ -83,13 +91,32 @@ def find_candidates(
         if not path.is_dir():
             raise BadRequestError(f"No {source} folder found (looked in {path})")
     if path.is_file():
-        return Found([_plain(path, "file")])
+        if _is_projector(path):
+            raise BadRequestError(
+                f"{path.name} is a vision projector (mmproj), not a model: import the model "
+                "file beside it, and its projector comes along."
+            )
+        siblings = sorted(p for p in path.parent.glob("*.gguf") if not p.name.startswith("."))
+        _, paired, _ = _pairs(siblings)
+        return Found([_plain(path, "file", paired.get(path))])
     if path.is_dir():
         if (manifest := find_manifest(path)) is not None:
             entries, note = read_bundle(manifest, keys, allow_untrusted=allow_untrusted)
             origin = {"kind": "bundle", "source": str(manifest.parent), "signature": note}
+            vouch = "the bundle manifest"
             found = [
-                Candidate(e.path, f"{e.model_id}.gguf", origin, e.sha256, "the bundle manifest")
+                Candidate(
+                    e.path,
+                    f"{e.model_id}.gguf",
+                    origin,
+                    e.sha256,
+                    vouch,
+                    None
+                    if e.projector is None
+                    else Candidate(
+                        e.projector[0], projector_name(e.model_id), origin, e.projector[1], vouch
+                    ),
+                )
                 for e in entries
             ]
             return Found(found, note=note)
@@ -118,11 +145,51 @@ def _nonempty(found: Found, source: Path) -> Found:
     return found
 
 
-def _plain(path: Path, kind: str) -> Candidate:
-    """A file found on disk, vouched for by a sidecar hash or SHA256SUMS when present."""
+def _plain(path: Path, kind: str, projector: Path | None = None) -> Candidate:
+    """A file found on disk (and its projector), vouched for by a sidecar hash or
+    SHA256SUMS when present."""
     expected, expected_from = _sidecar_hash(path)
     name = path.name if path.name.endswith(".gguf") else f"{path.name}.gguf"
-    return Candidate(path, name, {"kind": kind, "source": str(path)}, expected, expected_from)
+    return Candidate(
+        path,
+        name,
+        {"kind": kind, "source": str(path)},
+        expected,
+        expected_from,
+        None
+        if projector is None
+        else replace(_plain(projector, kind), name=projector_name(_model_id(name))),
+    )
+
+
+def _model_id(file_name: str) -> str:
+    """The id the registry gives a model file (a split model's: the name of its parts)."""
+    split = split_name(file_name)
+    return split[0] if split else file_name.removesuffix(".gguf")
+
+
+def _is_projector(path: Path) -> bool:
+    """Whether a file is a vision projector, as the scan tells: by its name or its header."""
+    try:
+        return projector_named(path.name) or read_gguf_info(path).projector
+    except OffGridError:
+        return False
+
+
+def _pairs(
+    paths: Sequence[Path], *, one_model: bool = False
+) -> tuple[list[Path], dict[Path, Path], list[Path]]:
+    """Of the GGUF files of one folder (``one_model``: a repository's): the models, the
+    projector of each model that has one (given to a split model's first part), and the
+    projectors no model takes."""
+    projectors = [p for p in paths if _is_projector(p)]
+    models = [p for p in paths if p not in projectors]
+    firsts = {_model_id(p.name): p for p in models if (split_name(p.name) or ("", 1))[1] == 1}
+    by_name = {p.name: p for p in projectors}
+    pairs = pair(list(firsts), list(by_name), one_model=one_model)
+    paired = {firsts[i]: by_name[n] for i, n in pairs.items()}
+    taken = set(paired.values())
+    return models, paired, [p for p in projectors if p not in taken]
 
 
 def _sidecar_hash(path: Path) -> tuple[str | None, str]:
@@ -146,14 +213,18 @@ def _walk(folder: Path) -> Found:
     kind = "lmstudio" if {"lm-studio", ".lmstudio"} & set(folder.parts) else "folder"
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        ggufs = []
         for name in sorted(files):
             path = Path(root) / name
             if name.startswith("."):
                 continue
-            if not name.endswith(".gguf") or name.startswith("mmproj"):
-                found.passed_over.append(path)
+            if name.endswith(".gguf"):
+                ggufs.append(path)
             else:
-                found.candidates.append(_plain(path, kind))
+                found.passed_over.append(path)
+        models, paired, unused = _pairs(ggufs, one_model=kind == "lmstudio")
+        found.candidates += [_plain(path, kind, paired.get(path)) for path in models]
+        found.passed_over += unused
     return found
 
 
@@ -192,24 +263,31 @@ def _ollama_model(store: Path, name: str) -> Candidate:
     manifest = store / "manifests" / host / ns / model / tag
     try:
         layers = json.loads(manifest.read_text(encoding="utf-8"))["layers"]
-        digest = next(x["digest"] for x in layers if x.get("mediaType") == _OLLAMA_MODEL)
+        digests = {x.get("mediaType"): x["digest"] for x in layers}
     except FileNotFoundError:
         raise BadRequestError(f"No Ollama model '{name}' in {store}") from None
-    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadRequestError(f"{manifest} is not a readable Ollama manifest: {exc}") from exc
-    algo, _, hex_digest = str(digest).partition(":")
-    if algo != "sha256" or not SHA256_HEX.match(hex_digest):
-        raise BadRequestError(f"{manifest} gives the model layer an unknown digest {digest!r}")
+    if _OLLAMA_MODEL not in digests:
+        raise BadRequestError(f"{manifest} is not a readable Ollama manifest: no model layer")
     model_id = model if tag == "latest" else f"{model}-{tag}"
     origin = {"kind": "ollama", "name": f"{ref}:{tag}", "source": str(store)}
-    blob = store / "blobs" / f"sha256-{hex_digest}"
-    return Candidate(
-        blob,
-        safe_file_name(f"{model_id}.gguf", str(manifest)),
-        origin,
-        hex_digest.lower(),
-        "the Ollama manifest",
-    )
+    vouch = "the Ollama manifest"
+    blob, sha = _ollama_blob(store, manifest, digests[_OLLAMA_MODEL])
+    projector = None
+    if _OLLAMA_PROJECTOR in digests:
+        p_blob, p_sha = _ollama_blob(store, manifest, digests[_OLLAMA_PROJECTOR])
+        projector = Candidate(p_blob, projector_name(model_id), origin, p_sha, vouch)
+    name = safe_file_name(f"{model_id}.gguf", str(manifest))
+    return Candidate(blob, name, origin, sha, vouch, projector)
+
+
+def _ollama_blob(store: Path, manifest: Path, digest: object) -> tuple[Path, str]:
+    """The blob a layer's digest names, and its sha256."""
+    algo, _, hex_digest = str(digest).partition(":")
+    if algo != "sha256" or not SHA256_HEX.match(hex_digest):
+        raise BadRequestError(f"{manifest} gives a layer an unknown digest {digest!r}")
+    return store / "blobs" / f"sha256-{hex_digest}", hex_digest.lower()
 
 
 def _hf_repo(repo: Path, found: Found) -> None:
@@ -222,17 +300,34 @@ def _hf_repo(repo: Path, found: Found) -> None:
     main = ref.read_text().strip() if ref.is_file() else ""
     folders = [snapshots / main] if _REVISION.match(main) and (snapshots / main).is_dir() else []
     for snap in folders or sorted(p for p in snapshots.glob("*") if p.is_dir()):
+        by_folder: dict[Path, list[Path]] = {}
         for path in sorted(snap.rglob("*.gguf")):
             blob = path.resolve()
             if not blob.is_relative_to(repo.resolve()) or not blob.is_file():
                 found.refused.append((path, f"{path} points outside its cache folder"))
                 continue
-            origin = {
-                "kind": "hf-cache",
-                "repo": repo_name,
-                "revision": snap.name,
-                "file": str(path.relative_to(snap)),
-            }
-            expected = blob.name.lower() if SHA256_HEX.match(blob.name) else None
-            vouch = "the HuggingFace cache" if expected else ""
-            found.candidates.append(Candidate(blob, path.name, origin, expected, vouch))
+            by_folder.setdefault(path.parent, []).append(path)
+        for paths in by_folder.values():
+            models, paired, unused = _pairs(paths, one_model=True)
+            for path in models:
+                projector = paired.get(path)
+                cand = _hf_file(repo_name, snap, path, path.name)
+                if projector is not None:
+                    name = projector_name(_model_id(path.name))
+                    cand = replace(cand, projector=_hf_file(repo_name, snap, projector, name))
+                found.candidates.append(cand)
+            found.passed_over += unused
+
+
+def _hf_file(repo_name: str, snap: Path, path: Path, name: str) -> Candidate:
+    """A file of a HuggingFace cache snapshot, vouched for by its blob's name."""
+    blob = path.resolve()
+    origin = {
+        "kind": "hf-cache",
+        "repo": repo_name,
+        "revision": snap.name,
+        "file": str(path.relative_to(snap)),
+    }
+    expected = blob.name.lower() if SHA256_HEX.match(blob.name) else None
+    vouch = "the HuggingFace cache" if expected else ""
+    return Candidate(blob, name, origin, expected, vouch)

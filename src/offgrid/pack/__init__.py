@@ -295,7 +295,7 @@ def _models(
     bundle = folder / BUNDLE_DIR
     if bundle.is_dir():
         for old in bundle.glob("*.gguf"):
-            if old.name.removesuffix(".gguf") not in ids:
+            if old.name.removesuffix(".gguf").removeprefix("mmproj-") not in ids:
                 old.unlink()
     export_bundle(registry, list(ids), folder, keys=keys, progress=report.progress)
     sums = {}

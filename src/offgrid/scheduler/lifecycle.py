@@ -243,15 +243,15 @@ class Engines:
         return True
 
     async def unload_changed(self, paths: set[Path]) -> list[str]:
-        """Unload the models whose file among ``paths`` was removed or replaced."""
+        """Unload the models whose files among ``paths`` were removed or replaced."""
         gone = []
         for model_id, slot in list(self.slots.items()):
             model = slot.engine.model
-            if model.path not in paths:
+            if paths.isdisjoint(model.files):
                 continue
             try:
-                st = model.path.stat()
-                changed = (st.st_size, st.st_mtime) != (model.size, model.mtime)
+                size = sum(p.stat().st_size for p in model.files)  # parts, projector: all
+                changed = (size, model.path.stat().st_mtime) != (model.size, model.mtime)
             except OSError:
                 changed = True
             if changed and self.slots.get(model_id) is slot:

@@ -1,5 +1,6 @@
 // OffGrid's dashboard: chat, models, system. Plain modules, no build step, no outside
 // resources: everything comes from this server's own API.
+import { lineChart } from "/ui/static/charts.js";
 import { renderMarkdown } from "/ui/static/markdown.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -157,9 +158,16 @@ const chat = {
   current: null,
   controller: null,
   modelIds: [],
+  models: {}, // id → its /api/models row (capabilities, kind), where the server gives one
+  image: null, // the data: URL of the image to send with the next message
 
   save() {
-    localStorage.setItem(STORE, JSON.stringify(this.conversations));
+    try {
+      localStorage.setItem(STORE, JSON.stringify(this.conversations));
+    } catch {
+      // images can outgrow the storage quota: keep the conversations without them
+      localStorage.setItem(STORE, JSON.stringify(this.conversations, (key, value) => (key === "image" ? undefined : value)));
+    }
   },
 
   get conv() {
@@ -174,8 +182,10 @@ const chat = {
 
   async loadModels() {
     try {
-      const data = await api("/v1/models");
-      this.modelIds = data.data.map((m) => m.id);
+      const [data, installed] = await Promise.all([api("/v1/models"), api("/api/models").catch(() => ({ models: [] }))]);
+      this.models = Object.fromEntries(installed.models.map((m) => [m.id, m]));
+      // embedding and rerank models do not chat
+      this.modelIds = data.data.map((m) => m.id).filter((id) => !["embedding", "rerank"].includes(this.models[id]?.kind));
     } catch (err) {
       $("#model-state").textContent = humanError(err);
     }
@@ -184,6 +194,23 @@ const chat = {
     select.replaceChildren(...this.modelIds.map((id) => Object.assign(make("option", id), { value: id })));
     if (this.modelIds.includes(keep)) select.value = keep;
     if (!this.modelIds.length) $("#model-state").textContent = "No model installed: see the Models page.";
+    this.offerAttach();
+  },
+
+  // The attach button, for a model that sees images.
+  offerAttach() {
+    const capabilities = this.models[$("#model").value]?.capabilities;
+    const vision = Array.isArray(capabilities) && capabilities.includes("vision");
+    $("#attach").hidden = !vision;
+    if (!vision) this.attach(null);
+  },
+
+  attach(url) {
+    this.image = url;
+    $("#attachment").hidden = !url;
+    $("#attachment img")?.remove();
+    if (url) $("#attachment").prepend(Object.assign(make("img"), { src: url, alt: "Image to send" }));
+    else $("#image-input").value = "";
   },
 
   create() {
@@ -205,6 +232,7 @@ const chat = {
     this.current = id;
     const conv = this.conv;
     if (conv.model && this.modelIds.includes(conv.model)) $("#model").value = conv.model;
+    this.offerAttach();
     $("#system-prompt").value = conv.system || "";
     $("#temperature").value = conv.temperature ?? 0.7;
     $("#max-tokens").value = conv.maxTokens ?? 512;
@@ -269,6 +297,8 @@ const chat = {
     const node = $("#message-template").content.firstElementChild.cloneNode(true);
     node.classList.add(message.role);
     if (message.error) node.classList.add("error");
+    if (message.image) $(".bubble", node).prepend(Object.assign(make("img", undefined, "thumb"), { src: message.image, alt: "Attached image" }));
+    $(".thinking", node).open = Boolean(message.streaming);
     this.fill(node, message);
     $(".copy", node).addEventListener("click", () => copy(message.content, $(".copy", node)));
     return node;
@@ -281,6 +311,8 @@ const chat = {
       if (message.content) renderMarkdown(content, message.content);
       else content.textContent = message.waiting || "…";
     } else content.textContent = message.content;
+    $(".thinking", node).hidden = !message.reasoning;
+    $(".reasoning", node).textContent = message.reasoning || "";
     $(".stats", node).textContent = message.stats || "";
     node.classList.toggle("streaming", Boolean(message.streaming));
   },
@@ -299,8 +331,14 @@ const chat = {
     this.settings();
     if (!conv.model) return;
     if (!conv.messages.length) conv.title = text.slice(0, 40);
-    conv.messages.push({ role: "user", content: text });
-    const history = conv.messages.filter((m) => !m.error).map(({ role, content }) => ({ role, content }));
+    conv.messages.push(this.image ? { role: "user", content: text, image: this.image } : { role: "user", content: text });
+    this.attach(null);
+    // OpenAI's shape: an image goes as an image_url part beside the text; reasoning stays out
+    const wire = ({ role, content, image }) => ({
+      role,
+      content: image ? [{ type: "text", text: content }, { type: "image_url", image_url: { url: image } }] : content,
+    });
+    const history = conv.messages.filter((m) => !m.error).map(wire);
     const reply = { role: "assistant", content: "", streaming: true };
     conv.messages.push(reply);
     this.save();
@@ -343,10 +381,11 @@ const chat = {
       if (!resp.ok) throw await failure(resp);
       for await (const event of events(resp)) {
         if (event.error) throw new ApiError(500, event.error.message);
-        const delta = event.choices?.[0]?.delta?.content;
-        if (delta) {
+        const delta = event.choices?.[0]?.delta || {};
+        if (delta.content || delta.reasoning_content) {
           first ??= performance.now();
-          reply.content += delta;
+          reply.content += delta.content || "";
+          if (delta.reasoning_content) reply.reasoning = (reply.reasoning || "") + delta.reasoning_content;
           frame ||= requestAnimationFrame(paint);
         }
         usage = event.usage || usage;
@@ -423,6 +462,16 @@ $("#new-chat").addEventListener("click", () => chat.create());
 for (const id of ["#model", "#system-prompt", "#temperature", "#max-tokens"]) {
   $(id).addEventListener("change", () => chat.conv && chat.settings());
 }
+$("#model").addEventListener("change", () => chat.offerAttach());
+$("#attach").addEventListener("click", () => $("#image-input").click());
+$("#image-input").addEventListener("change", (e) => {
+  const file = e.currentTarget.files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.addEventListener("load", () => chat.attach(reader.result));
+  reader.readAsDataURL(file);
+});
+$("#attachment button").addEventListener("click", () => chat.attach(null));
 $("#settings-toggle").addEventListener("click", (e) => {
   const body = $("#settings-body");
   body.hidden = !body.hidden;
@@ -638,6 +687,7 @@ const system = {
         return card;
       }),
     );
+    this.charts(stats.history?.points || [], s.ram_total);
     const engines = stats.engines.filter((e) => e.state !== "backoff");
     $("#engines tbody").replaceChildren(
       ...(engines.length
@@ -655,6 +705,17 @@ const system = {
             tr.append(td);
             return tr;
           })()]),
+    );
+  },
+
+  // The last hour, as the server sampled it (so a reload keeps it).
+  charts(points, ramTotal) {
+    const times = points.map((p) => p.time);
+    const series = (key) => points.map((p) => p[key]);
+    $("#charts").replaceChildren(
+      lineChart({ title: "Tokens/s", times, values: series("tokens_per_second"), format: (v) => `${v.toFixed(1)} /s` }),
+      lineChart({ title: "Requests/min", times, values: series("requests_per_minute"), format: (v) => `${v.toFixed(1)} /min` }),
+      lineChart({ title: "RAM used", times, values: series("ram_used_bytes"), format: size, ceiling: ramTotal }),
     );
   },
 };

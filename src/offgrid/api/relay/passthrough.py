@@ -20,14 +20,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from offgrid.api.dialects import ROUTES, Route, dialect_of
 from offgrid.api.errors import error_event, error_json, unexpected
+from offgrid.api.ollama.inference import serve_ollama
+from offgrid.api.relay.asgi import Call, Receive, Scope, Send, close_on_disconnect, send_whole
 from offgrid.api.relay.engine_client import engine_failed
 from offgrid.api.relay.engine_stream import client_transport
-from offgrid.api.relay.path import Answer, Stream
-from offgrid.api.relay.request import ROUTES, parse_request, read_body
+from offgrid.api.relay.path import Stream
+from offgrid.api.relay.request import parse_request, read_body
 from offgrid.errors import OffGridError
 from offgrid.logs import request_line
 
@@ -36,43 +38,16 @@ if TYPE_CHECKING:
 
 __all__ = ["ProxyApp"]
 
-Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("offgrid.api")
 
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-async def _send_whole(
-    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
-) -> None:
-    raw = _JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-@dataclass
-class _Call:
-    """One proxied request: the runtime, its ASGI triple, the field its route needs, when it
-    came, and for its log line the model and, once over, the answer."""
-
-    runtime: Runtime | None
-    scope: Scope
-    receive: Receive
-    send: Send
-    required: str
-    began: float
-    model: str | None = None
-    answer: Answer | Stream | None = None
 
 
 class ProxyApp:
@@ -88,27 +63,28 @@ class ProxyApp:
             return
         began = time.perf_counter()
         runtime: Runtime | None = getattr(self.state, "runtime", None)
-        required = ROUTES.get(scope["path"])
-        call = _Call(runtime, scope, receive, send, required or "", began)
+        route = ROUTES.get(scope["path"])
+        call = Call(runtime, scope, receive, send, route or Route(""), began)
         try:
             if runtime is not None:
                 runtime.guard.check(scope["method"], scope["path"], scope["headers"])
         except Exception as exc:  # a bad keys file too: refused, never waved through
             refused = exc if isinstance(exc, OffGridError) else unexpected(exc)
-            await _send_whole(send, refused.status, error_json(refused), refused.headers())
-            status, route = refused.status, "refused"
+            body = error_json(refused, dialect_of(scope["path"]))
+            await send_whole(send, refused.status, body, refused.headers())
+            status, label = refused.status, "refused"
         else:
-            if required is None or scope["method"] != "POST":
+            if route is None or scope["method"] != "POST":
                 status = await self._api(scope, receive, send)
-                route = getattr(scope.get("route"), "path", "unmatched")  # a template
+                label = getattr(scope.get("route"), "path", "unmatched")  # a template
             else:
                 status = await self._proxied(call)
-                route = scope["path"]
+                label = scope["path"]
         seconds = time.perf_counter() - began
         if runtime is not None:
-            runtime.metrics.request(route, status, seconds)
+            runtime.metrics.request(label, status, seconds)
         facts = call.answer.facts if call.answer is not None else None
-        request_line(scope["method"], route, status, seconds, model=call.model, tokens=facts)
+        request_line(scope["method"], label, status, seconds, model=call.model, tokens=facts)
 
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Let FastAPI answer; the status it sent (500 for a bug, which Starlette has
@@ -125,7 +101,7 @@ class ProxyApp:
             await self.api(scope, receive, watched)
         return status
 
-    async def _proxied(self, call: _Call) -> int:
+    async def _proxied(self, call: Call) -> int:
         """Relay a request to its engine; the status sent (499: the client left first)."""
         try:
             return await self._proxy(call)
@@ -133,32 +109,39 @@ class ProxyApp:
             return 499  # the client left before we answered
         except Exception as exc:
             error = exc if isinstance(exc, OffGridError) else unexpected(exc)
-            await _send_whole(call.send, error.status, error_json(error), error.headers())
+            body = error_json(error, call.route.dialect)
+            await send_whole(call.send, error.status, body, error.headers())
             return error.status
 
-    async def _proxy(self, call: _Call) -> int:
+    async def _proxy(self, call: Call) -> int:
         runtime = call.runtime
         assert runtime is not None  # set by the lifespan before any request
         receive, send = call.receive, call.send
         body = await read_body(call.scope, receive, runtime.settings.max_request_bytes)
-        req = parse_request(body, call.required)
-        model, path = runtime.resolve(req.model), call.scope["path"]
+        route, path = call.route, call.scope["path"]
+        req = parse_request(body, route.required, stream_default=route.dialect == "ollama")
+        model = runtime.resolve(req.model)
         call.model = model
         if runtime.settings.log_prompts:  # OFFGRID_LOG_PROMPTS=1: asked for, never by default
             log.info("request body for %s: %s", path, body[:4000].decode(errors="replace"))
+        if route.engine_path is not None:  # a translated dialect (Ollama's)
+            return await serve_ollama(call, runtime, body, req)
+        dialect = route.dialect
         if not req.stream:
-            answer = await runtime.relay.whole(path, body, model, keep_alive=req.keep_alive)
+            answer = await runtime.relay.whole(
+                path, body, model, keep_alive=req.keep_alive, dialect=dialect
+            )
             call.answer = answer
-            await _send_whole(send, answer.status, answer.body)
+            await send_whole(send, answer.status, answer.body)
             return answer.status
         async with runtime.relay.stream(
-            path, body, model, keep_alive=req.keep_alive, began=call.began
+            path, body, model, keep_alive=req.keep_alive, began=call.began, dialect=dialect
         ) as stream:
             call.answer = stream
             if not stream.ok:
-                await _send_whole(send, stream.status, await stream.error())
+                await send_whole(send, stream.status, await stream.error())
                 return stream.status
-            watcher = asyncio.create_task(_close_on_disconnect(receive, stream.close))
+            watcher = asyncio.create_task(close_on_disconnect(receive, stream.close))
             try:
                 target = client_transport(send)
                 if target is None:
@@ -213,10 +196,3 @@ async def _send_pieces(stream: Stream, send: Send) -> int:
         await send({"type": "http.response.body", "body": error_event(exc), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return 200
-
-
-async def _close_on_disconnect(receive: Receive, close: Callable[[], None]) -> None:
-    """Wait for the client to go away, then ``close`` the upstream (which stops the engine)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    close()

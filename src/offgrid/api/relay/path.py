@@ -3,8 +3,8 @@
 Two contracts, for every dialect: ``Relay.whole()`` reads the engine's whole answer,
 ``Relay.stream()`` opens a ``Stream`` whose pieces come as the engine makes them. Either
 way the lease on the engine is released, and a completion's tokens, time to first token
-and speed are counted, once the answer is over; an engine's own error comes back in
-OpenAI's shape, and an engine that fails raises ``EngineError``.
+and speed are counted, once the answer is over; an engine's own error comes back in the
+shape of the client's dialect, and an engine that fails raises ``EngineError``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from offgrid.api.errors import error_body
+from offgrid.api.dialects import Dialect
+from offgrid.api.errors import dialect_error
 from offgrid.api.metrics import Metrics, completion_facts
 from offgrid.api.relay.engine_client import EngineClient, engine_failed
 from offgrid.api.relay.engine_stream import EngineStream
@@ -41,8 +42,11 @@ class Answer:
 class Stream:
     """A streamed answer in progress, on its own connection to the engine."""
 
-    def __init__(self, upstream: EngineStream, model_id: str, began: float) -> None:
+    def __init__(
+        self, upstream: EngineStream, model_id: str, began: float, dialect: Dialect
+    ) -> None:
         self.upstream = upstream
+        self.dialect = dialect
         self.model_id = model_id
         self.began = began
         self.tail: collections.deque[bytes] = collections.deque(maxlen=4)  # by reference
@@ -59,9 +63,9 @@ class Stream:
         return self.status == 200 and self.upstream.chunked
 
     async def error(self) -> bytes:
-        """The whole answer of a stream that did not start, in OpenAI's shape."""
+        """The whole answer of a stream that did not start, in its dialect's shape."""
         data = await self.upstream.read_whole()
-        return data if self.status == 200 else reshape_error(self.status, data)
+        return data if self.status == 200 else reshape_error(self.status, data, self.dialect)
 
     def seen(self, data: bytes) -> None:
         """Note a piece on its way to the client: the tail holds the usage, the first one
@@ -108,9 +112,16 @@ class Relay:
         await self.client.close()
 
     async def whole(
-        self, path: str, body: bytes, model_id: str, *, keep_alive: float | None = None
+        self,
+        path: str,
+        body: bytes,
+        model_id: str,
+        *,
+        keep_alive: float | None = None,
+        dialect: Dialect = "openai",
     ) -> Answer:
-        """Send ``body`` to ``path`` on the engine of ``model_id``; its whole answer."""
+        """Send ``body`` to ``path`` on the engine of ``model_id``; its whole answer (an
+        error in ``dialect``'s shape)."""
         response, lease = await self.client.post(path, body, model_id, keep_alive=keep_alive)
         try:
             data = await response.read()
@@ -120,7 +131,8 @@ class Relay:
             response.release()
             lease.release()
         if response.status != 200:
-            return Answer(response.status, reshape_error(response.status, data), lease.model_id)
+            error = reshape_error(response.status, data, dialect)
+            return Answer(response.status, error, lease.model_id)
         facts = completion_facts(data)
         self.metrics.completion(lease.model_id, facts, None)
         return Answer(200, data, lease.model_id, facts)
@@ -134,6 +146,7 @@ class Relay:
         *,
         keep_alive: float | None = None,
         began: float | None = None,
+        dialect: Dialect = "openai",
     ) -> AsyncIterator[Stream]:
         """A streamed request to the engine of ``model_id``, held until the block ends.
 
@@ -141,7 +154,8 @@ class Relay:
         time to first token.
         """
         upstream, lease = await self.client.open_stream(path, body, model_id, keep_alive=keep_alive)
-        stream = Stream(upstream, lease.model_id, time.perf_counter() if began is None else began)
+        began = time.perf_counter() if began is None else began
+        stream = Stream(upstream, lease.model_id, began, dialect)
         try:
             yield stream
         finally:
@@ -152,8 +166,9 @@ class Relay:
                 self.metrics.completion(stream.model_id, stream.facts, stream.ttft)
 
 
-def reshape_error(status: int, data: bytes) -> bytes:
-    """The engine's own error as OpenAI's ``{"error": {message, type, param, code}}``."""
+def reshape_error(status: int, data: bytes, dialect: Dialect = "openai") -> bytes:
+    """The engine's own error in ``dialect``'s shape (OpenAI's ``{"error": {message, type,
+    param, code}}`` by default)."""
     message, type_ = data.decode("utf-8", errors="replace")[:2000], "invalid_request_error"
     try:
         err = json.loads(data).get("error", {})
@@ -163,4 +178,4 @@ def reshape_error(status: int, data: bytes) -> bytes:
         pass
     if status >= 500:
         type_ = "server_error"
-    return json.dumps(error_body(message, type_)).encode()
+    return dialect_error(dialect, status, message, type_)

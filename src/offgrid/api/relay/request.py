@@ -8,17 +8,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from offgrid.api.dialects import ROUTES
 from offgrid.errors import BadRequestError, ConfigError, PayloadTooLargeError
 from offgrid.units import parse_duration
 
 __all__ = ["ROUTES", "ProxyRequest", "parse_request", "read_body"]
-
-# path → the field a request must have besides "model"
-ROUTES = {
-    "/v1/chat/completions": "messages",
-    "/v1/completions": "prompt",
-    "/v1/embeddings": "input",
-}
 
 
 @dataclass(frozen=True)
@@ -28,10 +22,12 @@ class ProxyRequest:
     model: str
     stream: bool
     keep_alive: float | None  # Ollama-style per-request override, in seconds
+    payload: dict[str, Any]
 
 
-def parse_request(body: bytes, required: str) -> ProxyRequest:
-    """The fields OffGrid owns; BadRequestError for what it cannot accept."""
+def parse_request(body: bytes, required: str, *, stream_default: bool = False) -> ProxyRequest:
+    """The fields OffGrid owns; BadRequestError for what it cannot accept. ``stream``
+    is false unless said (OpenAI), or true unless said (Ollama: ``stream_default``)."""
     try:
         payload = json.loads(body)
     except ValueError as exc:
@@ -41,17 +37,18 @@ def parse_request(body: bytes, required: str) -> ProxyRequest:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("'model' is required: the id of an installed model.", param="model")
-    if required not in payload:
+    if required and required not in payload:
         raise BadRequestError(f"'{required}' is required.", param=required)
-    stream = payload.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
+    stream = payload.get("stream")
+    stream = stream_default if stream is None else stream
+    if not isinstance(stream, bool):
         raise BadRequestError("'stream' must be true or false.", param="stream")
     keep_alive = payload.get("keep_alive")
     try:
         seconds = None if keep_alive is None else parse_duration(keep_alive)
     except ConfigError as exc:
         raise BadRequestError(exc.message, param="keep_alive") from None
-    return ProxyRequest(model, stream is True, seconds)
+    return ProxyRequest(model, stream, seconds, payload)
 
 
 async def read_body(
