@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import ollama
 import pytest
 import requests
 
-from conftest import GEMMA_ID, STARTER_ID, Server
+from conftest import GEMMA_ID, STARTER_ID, Server, link_models, start_server
+from offgrid.engine.build import EngineBinary
+from offgrid.engine.process import free_port
 
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
 
@@ -159,3 +162,22 @@ def test_openai_responses_and_engine_routes(server: Server) -> None:
         f"{server.url}/apply-template", json={"model": STARTER_ID, "messages": HELLO}, timeout=30
     ).json()["prompt"]
     assert "Say hello" in prompt
+
+
+def test_a_second_listener_on_ollamas_port(
+    tmp_path: Path, model_store: Path, engine_binary: EngineBinary
+) -> None:
+    """OFFGRID_OLLAMA_PORT: the same API (one runtime, one set of engines) on a second port."""
+    models = link_models(
+        model_store, tmp_path / "models", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"}
+    )
+    port = free_port()
+    srv = start_server(tmp_path, models, engine_binary, OFFGRID_OLLAMA_PORT=str(port))
+    try:
+        with ollama.Client(host=f"http://127.0.0.1:{port}") as client:
+            assert client.chat(model=STARTER_ID, messages=HELLO, options={"num_predict": 2}).done
+        assert STARTER_ID in [
+            m["id"] for m in requests.get(f"{srv.url}/api/ps", timeout=10).json()["models"]
+        ]
+    finally:
+        srv.stop()

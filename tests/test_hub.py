@@ -506,3 +506,28 @@ def test_pull_can_be_cancelled_and_resumed(
     assert GEMMA.size // 4 < resumed_at and kept - resumed_at <= IN_FLIGHT
     assert hub.served[GEMMA.file_name] - GEMMA.size == kept - resumed_at
     assert sha256(tmp_path / "models" / GEMMA.file_name) == GEMMA.sha256
+
+
+def test_ollama_client_pulls_from_the_hub_and_deletes(hub: FakeHub, hub_server: Server) -> None:
+    import ollama
+
+    hub.rate = 50_000_000  # two seconds: several progress lines
+    with ollama.Client(host=hub_server.url) as client:
+        lines = list(client.pull("hf.co/tester/SmolLM2-135M-Instruct-GGUF:Q4_1", stream=True))
+        assert lines[0].status == "pulling manifest" and lines[-1].status == "success"
+        done = [p.completed for p in lines if p.completed is not None]
+        assert len(done) >= 2 and done == sorted(done) and lines[-2].total == STARTER.size
+        assert STARTER_ID in {m.model for m in client.list().models}
+        assert client.chat(
+            model=STARTER_ID,
+            messages=[{"role": "user", "content": "Hi"}],
+            options={"num_predict": 2},
+        ).done
+        with pytest.raises(ollama.ResponseError) as err:
+            client.pull("tester/nope-GGUF")
+        assert err.value.status_code == 404
+        client.delete(STARTER_ID)
+        assert STARTER_ID not in {m.model for m in client.list().models}
+        with pytest.raises(ollama.ResponseError) as err:
+            client.delete(STARTER_ID)
+        assert err.value.status_code == 404

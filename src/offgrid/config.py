@@ -57,6 +57,7 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 11611
+    ollama_port: int = 0
     models_dir: Path = field(default_factory=lambda: _data_home(os.environ) / "offgrid" / "models")
     extra_model_dirs: str = ""
     data_dir: Path = field(default_factory=lambda: _data_home(os.environ) / "offgrid")
@@ -112,6 +113,12 @@ class Settings:
 FIELDS: tuple[Setting, ...] = (
     Setting("host", "OFFGRID_HOST", "server.host", "Bind address (loopback by default)"),
     Setting("port", "OFFGRID_PORT", "server.port", "HTTP port of the API"),
+    Setting(
+        "ollama_port",
+        "OFFGRID_OLLAMA_PORT",
+        "server.ollama_port",
+        "A second port for the same API, e.g. 11434 for tools that assume Ollama's (0: off)",
+    ),
     Setting("models_dir", "OFFGRID_MODELS_DIR", "models.directory", "Folder of *.gguf models"),
     Setting(
         "extra_model_dirs",

@@ -17,6 +17,7 @@ import uvicorn
 from offgrid.api.app import create_app
 from offgrid.auth.guard import refuse_open_exposure
 from offgrid.config import Settings
+from offgrid.errors import ConfigError
 from offgrid.service.notify import notify, watchdog, watchdog_interval
 
 __all__ = ["make_server"]
@@ -28,7 +29,11 @@ class _Server(uvicorn.Server):
     _stop_pings: asyncio.Event | None = None
     _pinger: asyncio.Task[None] | None = None
 
+    extra_port = 0  # a second listener for the same app (OFFGRID_OLLAMA_PORT)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None and self.extra_port:
+            sockets = [self.config.bind_socket(), _listen(self.config.host, self.extra_port)]
         await super().startup(sockets)
         if not self.started:
             return  # startup failed: uvicorn exits, systemd sees the failure
@@ -65,4 +70,22 @@ def make_server(settings: Settings) -> uvicorn.Server:
         timeout_graceful_shutdown=10,
         log_level=settings.log_level.lower(),
     )
-    return _Server(config)
+    server = _Server(config)
+    server.extra_port = settings.ollama_port
+    return server
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, as uvicorn binds its own."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"{host}:{port} (OFFGRID_OLLAMA_PORT)"
+        raise ConfigError(f"Cannot listen on {where}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
