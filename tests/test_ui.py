@@ -179,15 +179,7 @@ def test_stop_ends_the_stream_and_frees_the_engine_slot(page: Page, server: Serv
 
 
 def test_switching_model(page: Page, server: Server) -> None:
-    bodies: list[dict[str, Any]] = []
-    page.on(
-        "request",
-        lambda r: (
-            bodies.append(json.loads(r.post_data or "{}"))
-            if r.url.endswith("/v1/chat/completions")
-            else None
-        ),
-    )
+    bodies = sent_bodies(page)
     open_ui(page, server)
     page.select_option("#model", GEMMA_ID)
     send(page, "Hello!", max_tokens=8)
