@@ -138,8 +138,8 @@ def engine_files(folder: Path) -> list[tuple[Path, str]]:
     libllama.so.0.5.0) is carried once, under the name of the link that points at the
     file itself: by the convention CMake follows that is its SONAME, the name the
     binaries ask the loader for; the other names are only used when linking. CPU kernels
-    set aside on this machine (``engine.cpu_variants``) travel under their own name: the
-    target machine may run them.
+    set aside on this machine (``engine.cpu_variants``) stay set aside in the pack: an
+    installed engine's folder is read-only to the service, which could not set them aside.
     """
     links = {p.name: os.readlink(p) for p in folder.rglob("*") if p.is_symlink()}
     soname = {target: name for name, target in links.items() if target not in links}
@@ -148,8 +148,7 @@ def engine_files(folder: Path) -> list[tuple[Path, str]]:
         if path.is_symlink() or not path.is_file():
             continue
         rel = path.relative_to(folder)
-        name = soname.get(path.name, path.name).removesuffix(".faulted")  # (cpu_variants)
-        files.append((path, str(rel.with_name(name))))
+        files.append((path, str(rel.with_name(soname.get(path.name, path.name)))))
     return files
 
 
