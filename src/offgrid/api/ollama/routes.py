@@ -149,7 +149,8 @@ async def copy(body: CopyRequest, runtime: RuntimeDep) -> Response:
     target = runtime.resolve(body.source)
     await asyncio.to_thread(runtime.registry.get, target)  # 404 for an unknown model
     name = body.destination.removesuffix(":latest")
-    if not name or name in {m.id for m in runtime.registry.list()}:
+    installed = await asyncio.to_thread(runtime.registry.list)
+    if not name or name in {m.id for m in installed}:
         raise ConflictError(f"'{body.destination}' is already a model's name.")
     path = runtime.settings.data_dir / "aliases.json"
     stored = load_aliases(path) | {name: target}

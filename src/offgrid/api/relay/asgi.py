@@ -41,8 +41,8 @@ async def close_on_disconnect(receive: Receive, close: Callable[[], None]) -> No
 
 @dataclass
 class Call:
-    """One proxied request: the runtime, its ASGI triple, the field its route needs, when it
-    came, and for its log line the model and, once over, the answer."""
+    """One request: the runtime, its ASGI triple, its route (the field it needs, its
+    dialect), when it came, and for its log line the model and, once over, the answer."""
 
     runtime: Runtime | None
     scope: Scope

@@ -43,6 +43,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("offgrid.api")
 
+_NOT_PROXIED = Route("")  # FastAPI's routes: built once, not per request
+
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
@@ -64,7 +66,7 @@ class ProxyApp:
         began = time.perf_counter()
         runtime: Runtime | None = getattr(self.state, "runtime", None)
         route = ROUTES.get(scope["path"])
-        call = Call(runtime, scope, receive, send, route or Route(""), began)
+        call = Call(runtime, scope, receive, send, route or _NOT_PROXIED, began)
         try:
             if runtime is not None:
                 runtime.guard.check(scope["method"], scope["path"], scope["headers"])
