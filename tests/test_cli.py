@@ -47,6 +47,8 @@ def test_list_shows_models_with_metadata(server: Server) -> None:
     assert STARTER_ID in out and GEMMA_ID in out
     assert "Q4_1" in out and "llama" in out and "8192" in out
     assert "Q4_K_M" in out and "gemma3" in out
+    starter_row = next(line for line in out.splitlines() if STARTER_ID in line)
+    assert "completion" in starter_row  # its capabilities
 
 
 def test_info_reports_engine_machine_and_models(

@@ -5,6 +5,7 @@ Responses and the engine's other routes (tokenize, apply-template)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,8 +74,9 @@ def test_ollama_embed_list_show_ps(client: ollama.Client, server: Server) -> Non
         and shown.details.format == "gguf"
         and "completion" in (shown.capabilities or [])
     )
-    running = client.ps()
-    assert STARTER_ID in {m.model for m in running.models}
+    running = {m.model: m for m in client.ps().models}
+    expires = running[STARTER_ID].expires_at  # Ollama's RFC 3339 time, parsed by its client
+    assert expires is not None and expires.timestamp() > time.time()
 
 
 def test_ollama_errors_are_response_errors(client: ollama.Client, server: Server) -> None:

@@ -46,3 +46,23 @@ def test_engine_death_mid_stream_ends_with_error_event(relay_url: str) -> None:
             os.kill(engine, signal.SIGKILL)
     assert b'"error"' in seen[-1]
     assert len(sse_events(relay_url, max_tokens=3)) == 4  # and the next request works
+
+
+def test_engine_death_mid_stream_ends_anthropic_stream_with_its_error_event(
+    relay_url: str,
+) -> None:
+    """On Anthropic's route the last event is Anthropic's named ``error`` event."""
+    sse_events(relay_url, max_tokens=1)  # loaded
+    engine = requests.get(f"{relay_url}/api/ps", timeout=5).json()["models"][0]["pid"]
+    body = {"model": STARTER_ID, "messages": [], "max_tokens": 100000, "stream": True}
+    lines: list[bytes] = []
+    with requests.post(f"{relay_url}/v1/messages", json=body, stream=True, timeout=60) as resp:
+        for line in resp.iter_lines():
+            lines.append(line)
+            if len(lines) == 6:
+                os.kill(engine, signal.SIGKILL)
+    events = [ln for ln in lines if ln]
+    assert events[-2] == b"event: error"
+    error = json.loads(events[-1].removeprefix(b"data: "))
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert "engine" in error["error"]["message"]

@@ -124,7 +124,7 @@ def test_keep_alive_zero_and_minus_one(serve: Callable[..., Server], models: Pat
     wait_for(lambda: "b" not in loaded(srv), 10, "b to unload after 1 s")
     assert "a" in loaded(srv)
     rows = {m["id"]: m for m in srv.ps()}
-    assert rows["a"]["keep_alive"] == -1 and rows["a"]["expires_at"] is None
+    assert rows["a"]["keep_alive"] == -1 and rows["a"]["expires_in"] is None
 
 
 def test_full_queue_gives_429_with_retry_after(serve: Callable[..., Server], models: Path) -> None:

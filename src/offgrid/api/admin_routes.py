@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from offgrid.api.deps import RuntimeDep
-from offgrid.api.ollama.routes import ollama_details
+from offgrid.api.ollama.routes import iso_time, ollama_details
 from offgrid.errors import BadRequestError, ConfigError, ConflictError
 from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
@@ -111,13 +112,17 @@ async def verify_models(body: VerifyRequest, runtime: RuntimeDep) -> dict[str, A
 @router.get("/ps")
 async def running_models(runtime: RuntimeDep) -> dict[str, Any]:
     """Loaded models: memory, slots busy, queue, expiry, pid and port; loading and paused
-    ones. Each row also carries Ollama's fields (name, model, size, size_vram, details)."""
+    ones. Each row also carries Ollama's fields (name, model, size, size_vram, details,
+    ``expires_at`` as RFC 3339; ``expires_in`` is ours, in seconds)."""
     rows = runtime.scheduler.status()
+    now = time.time()
     models = {m.id: m for m in await asyncio.to_thread(runtime.registry.list)}
     for row in rows:
         model = models.get(str(row["id"]))
         row |= {"name": row["id"], "model": row["id"], "size": row.get("memory_bytes", 0)}
         row |= {"size_vram": row.get("vram_bytes", 0), "digest": model.sha256 if model else ""}
+        expires_in = row.get("expires_in")
+        row["expires_at"] = iso_time(now + expires_in) if isinstance(expires_in, float) else None
         if model is not None:
             context = model.gguf.context_length if model.gguf else 0
             row |= {"details": ollama_details(model), "context_length": context}

@@ -11,17 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["OLLAMA_PATHS", "ROUTES", "Dialect", "Route", "dialect_of"]
+from offgrid.models.model_info import Task
+
+__all__ = ["OLLAMA_PATHS", "ROUTES", "Dialect", "Route", "dialect_of", "task_of"]
 
 Dialect = Literal["openai", "anthropic", "ollama"]
 
 
 @dataclass(frozen=True)
 class Route:
-    """A proxied route: the field a request must have besides ``model``, the dialect its
-    errors are written in, and for a translated route the engine's path it goes to."""
+    """A proxied route: the field a request must have besides ``model``, what it asks of
+    the model (None: any model), the dialect its errors are written in, and for a
+    translated route the engine's path it goes to."""
 
     required: str
+    task: Task | None = "chat"
     dialect: Dialect = "openai"
     engine_path: str | None = None  # None: the same path, body unchanged
 
@@ -30,26 +34,32 @@ class Route:
 ROUTES = {
     "/v1/chat/completions": Route("messages"),
     "/v1/completions": Route("prompt"),
-    "/v1/embeddings": Route("input"),
+    "/v1/embeddings": Route("input", "embed"),
     "/v1/responses": Route("input"),
     "/v1/responses/input_tokens": Route("input"),
     "/v1/chat/completions/input_tokens": Route("messages"),
-    "/v1/rerank": Route("documents"),
-    "/tokenize": Route("content"),
-    "/detokenize": Route("tokens"),
+    "/v1/rerank": Route("documents", "rerank"),
+    "/tokenize": Route("content", None),
+    "/detokenize": Route("tokens", None),
     "/apply-template": Route("messages"),
-    "/v1/messages": Route("messages", "anthropic"),
-    "/v1/messages/count_tokens": Route("messages", "anthropic"),
-    "/api/chat": Route("messages", "ollama", "/v1/chat/completions"),
-    "/api/generate": Route("", "ollama", "/v1/chat/completions"),
-    "/api/embed": Route("input", "ollama", "/v1/embeddings"),
-    "/api/embeddings": Route("", "ollama", "/v1/embeddings"),
+    "/v1/messages": Route("messages", dialect="anthropic"),
+    "/v1/messages/count_tokens": Route("messages", dialect="anthropic"),
+    "/api/chat": Route("messages", "chat", "ollama", "/v1/chat/completions"),
+    "/api/generate": Route("", "chat", "ollama", "/v1/chat/completions"),
+    "/api/embed": Route("input", "embed", "ollama", "/v1/embeddings"),
+    "/api/embeddings": Route("", "embed", "ollama", "/v1/embeddings"),
 }
 
 # Ollama's routes that FastAPI serves: their errors in Ollama's shape too
 OLLAMA_PATHS = frozenset(
     {"/api/version", "/api/tags", "/api/show", "/api/pull", "/api/delete", "/api/copy"}
 )
+
+
+def task_of(path: str) -> Task | None:
+    """What a proxied route (by the engine's path) asks of a model; None: anything."""
+    route = ROUTES.get(path)
+    return route.task if route is not None else None
 
 
 def dialect_of(path: str) -> Dialect:

@@ -82,9 +82,11 @@ def error_response(exc: OffGridError) -> Response:
     return Response(error_json(exc), exc.status, exc.headers(), "application/json")
 
 
-def error_event(exc: OffGridError) -> bytes:
-    """An error as the final server-sent event of a stream that has already begun."""
-    return b"data: " + error_json(exc) + b"\n\n"
+def error_event(exc: OffGridError, dialect: Dialect = "openai") -> bytes:
+    """An error as the final server-sent event of a stream that has already begun:
+    OpenAI's bare ``data:`` event, or Anthropic's named ``error`` event."""
+    event = b"event: error\n" if dialect == "anthropic" else b""
+    return event + b"data: " + error_json(exc, dialect) + b"\n\n"
 
 
 async def _offgrid_error(request: Request, exc: Exception) -> Response:

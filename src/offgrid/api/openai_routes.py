@@ -16,11 +16,15 @@ router = APIRouter()
 
 
 def _model_card(model: ModelInfo) -> dict[str, Any]:
+    """OpenAI's model object, with what the model is and can do (extra fields, which
+    OpenAI's clients keep as extras)."""
     return {
         "id": model.id,
         "object": "model",
         "created": int(model.mtime),
         "owned_by": "offgrid-llm",
+        "kind": model.kind,
+        "capabilities": model.capabilities,
     }
 
 

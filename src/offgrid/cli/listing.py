@@ -27,7 +27,7 @@ def list_models() -> None:
     for m in models:
         g = m.gguf
         if g is None:
-            rows.append([m.id, human_size(m.size), "?", f"unreadable: {m.error}", "", ""])
+            rows.append([m.id, human_size(m.size), "?", f"unreadable: {m.error}", "", "", ""])
             continue
         params = g.parameters / 1e6
         rows.append(
@@ -38,6 +38,7 @@ def list_models() -> None:
                 g.architecture,
                 f"{params:.0f}M" if params < 1000 else f"{params / 1000:.1f}B",
                 str(g.context_length),
+                ",".join(m.capabilities),
             ]
         )
-    print_columns(["ID", "SIZE", "QUANT", "ARCH", "PARAMS", "CONTEXT"], rows)
+    print_columns(["ID", "SIZE", "QUANT", "ARCH", "PARAMS", "CONTEXT", "CAPABILITIES"], rows)

@@ -25,8 +25,8 @@ def ps() -> None:
     now = time.time()
     for r in rows:
         until = "pinned" if r.get("pinned") else "busy"
-        if r.get("expires_at"):
-            until = f"{max(0, r['expires_at'] - now):.0f} s"
+        if r.get("expires_in") is not None:
+            until = f"{r['expires_in']:.0f} s"
         elif r.get("keep_alive", 0) < 0:
             until = "forever"
         if r.get("state") == "backoff":

@@ -9,9 +9,22 @@ from typing import Any, Literal
 
 from offgrid.models.gguf_meta import GGUFInfo
 
-__all__ = ["ENCODERS", "POOLED", "Kind", "ModelInfo"]
+__all__ = ["ENCODERS", "POOLED", "Kind", "ModelInfo", "Task"]
 
 Kind = Literal["chat", "embedding", "rerank"]
+Task = Literal["chat", "embed", "rerank"]  # what a route asks of a model
+
+# Which kinds do which task: a chat model embeds too (its engine pools its states)
+_SERVES: dict[Task, frozenset[Kind]] = {
+    "chat": frozenset({"chat"}),
+    "embed": frozenset({"chat", "embedding"}),
+    "rerank": frozenset({"rerank"}),
+}
+_WHERE = {
+    "embedding": "embeddings (/v1/embeddings, Ollama's /api/embed)",
+    "rerank": "reranking (/v1/rerank)",
+    "chat": "chat and completions",
+}
 
 # llama.cpp's encoder-only architectures: they embed text, they do not generate it
 # (XLM-RoBERTa models are converted to "bert"; "t5" is an encoder-decoder and generates).
@@ -74,6 +87,14 @@ class ModelInfo:
         if g.architecture in ENCODERS or not g.causal_attention or g.pooling_type in POOLED:
             return "embedding"
         return "chat"
+
+    def refusal(self, task: Task) -> str | None:
+        """Why this model cannot do ``task`` (a message for the client), or None if it can."""
+        kind = self.kind
+        if kind in _SERVES[task]:
+            return None
+        article = "an" if kind == "embedding" else "a"
+        return f"'{self.id}' is {article} {kind} model: it serves {_WHERE[kind]}, not {task}."
 
     @property
     def capabilities(self) -> list[str]:

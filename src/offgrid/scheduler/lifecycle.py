@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from offgrid.engine.process import Engine, EngineState, describe_exit
-from offgrid.errors import EngineUnavailableError
+from offgrid.errors import BadRequestError, EngineUnavailableError
+from offgrid.models.model_info import Task
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.placement import Memory, Placement
 from offgrid.scheduler.clock import Clock
@@ -95,18 +96,25 @@ class Engines:
         self._idle_changed = asyncio.Event()
 
     # -- loading ----------------------------------------------------------------------
-    async def ready(self, model_id: str) -> Slot:
+    async def ready(self, model_id: str, task: Task | None = None) -> Slot:
         """The slot of a live engine for ``model_id``: starts one if there is none, one
-        start shared by everyone asking meanwhile (and failing them all if it fails)."""
+        start shared by everyone asking meanwhile (and failing them all if it fails).
+        A model that cannot do ``task`` is refused here, loaded or not."""
         slot = self.slots.get(model_id)
+        if task is not None:
+            model = slot.engine.model if slot is not None else None
+            if model is None:
+                model = await asyncio.to_thread(self.registry.get, model_id)
+            if why := model.refusal(task):
+                raise BadRequestError(why, param="model")
         if slot is not None and slot.engine.alive:
             return slot
-        task = self.loading.get(model_id)
-        if task is None:
-            task = asyncio.create_task(self._load(model_id))
-            self.loading[model_id] = task
-            task.add_done_callback(lambda _t: self.loading.pop(model_id, None))
-        return await asyncio.shield(task)
+        loading = self.loading.get(model_id)
+        if loading is None:
+            loading = asyncio.create_task(self._load(model_id))
+            self.loading[model_id] = loading
+            loading.add_done_callback(lambda _t: self.loading.pop(model_id, None))
+        return await asyncio.shield(loading)
 
     async def _load(self, model_id: str) -> Slot:
         health = self.health[model_id]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from offgrid.engine.process import Engine
+from offgrid.models.model_info import Task
 from offgrid.models.registry import Registry
 from offgrid.placement import Memory, Placement
 from offgrid.scheduler.clock import Clock, MonotonicClock
@@ -53,9 +54,12 @@ class Scheduler:
         return self._engines.events
 
     # -- requests ---------------------------------------------------------------------
-    async def acquire(self, model_id: str, *, keep_alive: float | None = None) -> Lease:
-        """A lease on a ready engine for ``model_id``; loads it, or queues, as needed."""
-        slot = await self._engines.ready(model_id)
+    async def acquire(
+        self, model_id: str, *, keep_alive: float | None = None, task: Task | None = None
+    ) -> Lease:
+        """A lease on a ready engine for ``model_id``; loads it, or queues, as needed.
+        A model that cannot do ``task`` is refused (BadRequestError) before it loads."""
+        slot = await self._engines.ready(model_id, task)
         await slot.enter(self.policy.parallel_of(model_id), self.policy.max_queue)
         slot.last_used = self._clock.now()
         if keep_alive is not None:
@@ -97,11 +101,9 @@ class Scheduler:
         rows: list[dict[str, object]] = []
         for mid, s in slots.items():
             pinned = mid in self.policy.pinned
-            expires = None
-            if not pinned and s.keep_alive >= 0:
-                expires = (
-                    wall + max(0.0, s.last_used + s.keep_alive - now) if not s.active else None
-                )
+            expires = None  # seconds until the idle reaper stops it; never, or busy: None
+            if not pinned and s.keep_alive >= 0 and not s.active:
+                expires = max(0.0, s.last_used + s.keep_alive - now)
             rows.append(
                 {
                     "id": mid,
@@ -117,7 +119,7 @@ class Scheduler:
                     "parallel": self.policy.parallel_of(mid),
                     "pinned": pinned,
                     "keep_alive": s.keep_alive,
-                    "expires_at": expires,
+                    "expires_in": expires,
                     "started_at": s.engine.started_at,
                 }
             )

@@ -52,7 +52,8 @@ class PullRequest(ModelRequest):
     insecure: bool = False
 
 
-def _iso(seconds: float) -> str:
+def iso_time(seconds: float) -> str:
+    """A Unix time as RFC 3339 in UTC, as Ollama writes its times."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
@@ -74,7 +75,7 @@ def _tag(model: ModelInfo, name: str) -> dict[str, Any]:
     return {
         "name": name,
         "model": name,
-        "modified_at": _iso(model.mtime),
+        "modified_at": iso_time(model.mtime),
         "size": model.size,
         "digest": model.sha256 or "",
         "details": ollama_details(model),
@@ -119,7 +120,7 @@ async def show(body: ModelRequest, runtime: RuntimeDep) -> dict[str, Any]:
         "details": ollama_details(model),
         "model_info": info,
         "capabilities": model.capabilities,
-        "modified_at": _iso(model.mtime),
+        "modified_at": iso_time(model.mtime),
         "offgrid": model.as_dict(),
     }
 

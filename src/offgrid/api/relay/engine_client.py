@@ -19,9 +19,11 @@ from typing import TypeVar
 
 import aiohttp
 
+from offgrid.api.dialects import task_of
 from offgrid.api.relay.engine_stream import EngineStream, connect, send_request
 from offgrid.engine.process import Engine
 from offgrid.errors import EngineError
+from offgrid.models.model_info import Task
 from offgrid.scheduler import Lease, Scheduler
 
 __all__ = ["EngineClient", "engine_failed"]
@@ -83,7 +85,7 @@ class EngineClient:
             headers = {"Content-Type": "application/json", "Authorization": engine.auth_header}
             return await http.post(engine.url + path, data=body, headers=headers)
 
-        return await self._with_engine(model_id, post, keep_alive)
+        return await self._with_engine(model_id, task_of(path), post, keep_alive)
 
     async def open_stream(
         self, path: str, body: bytes, model_id: str, *, keep_alive: float | None = None
@@ -97,7 +99,7 @@ class EngineClient:
             await send_request(stream, engine, path, body)
             return stream
 
-        return await self._with_engine(model_id, start, keep_alive)
+        return await self._with_engine(model_id, task_of(path), start, keep_alive)
 
     def _take_spare(self, engine: Engine) -> EngineStream | None:
         spare = self._spares.pop(engine.url, None)
@@ -135,6 +137,7 @@ class EngineClient:
     async def _with_engine(
         self,
         model_id: str,
+        task: Task | None,
         send: Callable[[Engine, bool], Awaitable[T]],
         keep_alive: float | None,
     ) -> tuple[T, Lease]:
@@ -147,7 +150,7 @@ class EngineClient:
         """
         attempts = 3
         for attempt in range(attempts):
-            lease = await self.scheduler.acquire(model_id, keep_alive=keep_alive)
+            lease = await self.scheduler.acquire(model_id, keep_alive=keep_alive, task=task)
             try:
                 return await send(lease.engine, attempt > 0), lease
             except _RETRYABLE as exc:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from offgrid.api.dialects import ROUTES, Route, dialect_of
+from offgrid.api.dialects import ROUTES, Dialect, Route, dialect_of
 from offgrid.api.errors import error_event, error_json, unexpected
 from offgrid.api.ollama.inference import serve_ollama
 from offgrid.api.relay.asgi import Call, Receive, Scope, Send, close_on_disconnect, send_whole
@@ -147,13 +147,13 @@ class ProxyApp:
             try:
                 target = client_transport(send)
                 if target is None:
-                    return await _send_pieces(stream, send)
-                return await _splice(stream, target, send)
+                    return await _send_pieces(stream, send, dialect)
+                return await _splice(stream, target, send, dialect)
             finally:
                 watcher.cancel()
 
 
-async def _splice(stream: Stream, target: tuple[Any, Any], send: Send) -> int:
+async def _splice(stream: Stream, target: tuple[Any, Any], send: Send, dialect: Dialect) -> int:
     """Relay a streamed answer socket to socket until done or the client leaves; the status
     sent (499: the client left before the answer was whole)."""
     upstream = stream.upstream
@@ -183,18 +183,20 @@ async def _splice(stream: Stream, target: tuple[Any, Any], send: Send) -> int:
         if not upstream.at_boundary:
             transport.close()  # mid-chunk: only a broken response is honest
             return 502
-        event = error_event(engine_failed(stream.model_id, exc))
+        event = error_event(engine_failed(stream.model_id, exc), dialect)
         await send({"type": "http.response.body", "body": event, "more_body": False})
     return 200
 
 
-async def _send_pieces(stream: Stream, send: Send) -> int:
+async def _send_pieces(stream: Stream, send: Send, dialect: Dialect) -> int:
     """Relay a streamed answer through ASGI ``send`` (servers other than uvicorn's httptools)."""
     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
     try:
         async for piece in stream.pieces():
             await send({"type": "http.response.body", "body": piece, "more_body": True})
     except OffGridError as exc:  # the engine died or the connection broke mid-stream
-        await send({"type": "http.response.body", "body": error_event(exc), "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": error_event(exc, dialect), "more_body": True}
+        )
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return 200

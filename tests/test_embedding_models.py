@@ -1,0 +1,109 @@
+"""A real embedding model (all-MiniLM-L6-v2, BERT) served beside a chat model: its kind and
+capabilities from its GGUF, its engine in embedding mode, vectors through each dialect's
+official client, and clear refusals where an embedding model cannot do what is asked."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+import requests
+
+from conftest import STARTER_ID, Server, link_models, start_server
+from minilm import FILE_NAME, MODEL_ID
+from offgrid.engine.build import EngineBinary
+
+CAT, KITTEN, MARKET = (
+    "A cat sleeps on the warm windowsill.",
+    "A kitten naps in the sun by the window.",
+    "Stock prices fell sharply on Tuesday.",
+)
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, model_store: Path, engine_binary: EngineBinary
+) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("embed")
+    (tmp / "home").mkdir()
+    names = {FILE_NAME: FILE_NAME, f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"}
+    srv = start_server(tmp, link_models(model_store, tmp / "models", names), engine_binary)
+    yield srv
+    srv.stop()
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def get(served: Server, path: str) -> list[dict[str, object]]:
+    models: list[dict[str, object]] = requests.get(served.url + path, timeout=10).json()["models"]
+    return models
+
+
+def test_the_registry_knows_an_embedding_model_from_its_gguf(served: Server) -> None:
+    models = {
+        m["id"]: m for m in requests.get(f"{served.url}/api/models", timeout=10).json()["models"]
+    }
+    assert models[MODEL_ID]["kind"] == "embedding" and models[STARTER_ID]["kind"] == "chat"
+    tags = {
+        m["name"]: m for m in requests.get(f"{served.url}/api/tags", timeout=10).json()["models"]
+    }
+    assert tags[MODEL_ID]["capabilities"] == ["embedding"]
+    assert "completion" in tags[STARTER_ID]["capabilities"]
+    listed = {m.id: m for m in served.client().models.list().data}
+    assert (listed[MODEL_ID].model_extra or {}).get("capabilities") == ["embedding"]
+    out = subprocess.run(
+        [sys.executable, "-m", "offgrid", "list"],
+        env={**served.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "embedding" in next(line for line in out.splitlines() if MODEL_ID in line)
+
+
+def test_openai_embeddings_carry_meaning(served: Server) -> None:
+    got = served.client().embeddings.create(model=MODEL_ID, input=[CAT, KITTEN, MARKET])
+    cat, kitten, market = (d.embedding for d in got.data)
+    assert len(cat) == 384  # the model's width: the engine pooled, not one vector per token
+    assert cosine(cat, kitten) > cosine(cat, market) + 0.2
+    assert got.usage.prompt_tokens > 10
+
+
+def test_the_engine_runs_in_embedding_mode_with_the_models_pooling(served: Server) -> None:
+    served.client().embeddings.create(model=MODEL_ID, input="warm up")
+    argv = Path(f"/proc/{served.engine_pid(MODEL_ID)}/cmdline").read_bytes().split(b"\0")
+    assert b"--embeddings" in argv and b"--reranking" not in argv
+    assert b"--pooling" not in argv  # the GGUF says mean: the engine reads it there
+
+
+def test_ollama_client_embeds_with_an_embedding_model(served: Server) -> None:
+    with ollama.Client(host=served.url) as client:
+        emb = client.embed(model=MODEL_ID, input=[CAT, KITTEN, MARKET])
+        cat, kitten, market = emb.embeddings
+        assert len(cat) == 384 and cosine(cat, kitten) > cosine(cat, market) + 0.2
+        assert emb.prompt_eval_count and emb.prompt_eval_count > 10
+        old = client.embeddings(model=f"{MODEL_ID}:latest", prompt=CAT)
+        assert cosine(list(old.embedding), list(cat)) > 0.999
+        shown = client.show(MODEL_ID)
+        assert shown.capabilities == ["embedding"]
+
+
+def test_chat_with_an_embedding_model_is_refused_clearly(served: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        served.client().chat.completions.create(
+            model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+    assert "embedding" in str(caught.value)
+    with ollama.Client(host=served.url) as client, pytest.raises(ollama.ResponseError) as err:
+        client.chat(model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}])
+    assert err.value.status_code == 400 and "embedding" in err.value.error
