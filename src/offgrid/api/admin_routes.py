@@ -11,12 +11,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from offgrid.api.deps import RuntimeDep
+from offgrid.api.fields import Duration
 from offgrid.api.ollama.routes import iso_time, ollama_details
-from offgrid.errors import BadRequestError, ConfigError, ConflictError
+from offgrid.errors import ConflictError
 from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
 from offgrid.models.sources import find_candidates
-from offgrid.units import parse_duration
 
 __all__ = ["router"]
 
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/api")
 
 
 class LoadRequest(BaseModel):
-    keep_alive: str | float | None = None
+    keep_alive: Duration = None
 
 
 class ImportRequest(BaseModel):
@@ -134,12 +134,7 @@ async def load_model(
     model_id: str, runtime: RuntimeDep, body: LoadRequest | None = None
 ) -> dict[str, Any]:
     """Load a model now (and optionally set how long it stays when idle)."""
-    keep_alive = None
-    if body is not None and body.keep_alive is not None:
-        try:
-            keep_alive = parse_duration(body.keep_alive)
-        except ConfigError as exc:
-            raise BadRequestError(exc.message, param="keep_alive") from None
+    keep_alive = body.keep_alive if body is not None else None
     engine = await runtime.scheduler.load(runtime.resolve(model_id), keep_alive=keep_alive)
     return {"id": model_id, "state": engine.state, "pid": engine.pid, "port": engine.port}
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from offgrid.api.deps import RuntimeDep
+from offgrid.api.fields import Size
 from offgrid.config import Settings
 from offgrid.errors import BadRequestError
 from offgrid.hub import client
 from offgrid.hub.pulls import Pull, Pulls
 from offgrid.models import catalog
 from offgrid.resources import system_facts
-from offgrid.units import parse_size
 
 __all__ = ["router"]
 
@@ -38,7 +38,7 @@ class PullRequest(BaseModel):
     file: str | None = None
     quant: str | None = None
     catalog: str | None = None
-    limit_rate: str | None = None
+    limit_rate: Size = None  # bytes per second
     stream: bool = True
 
 
@@ -47,7 +47,7 @@ async def hub_search(
     q: str = "",
     quant: str | None = None,
     sort: Literal["downloads", "likes", "updated"] = "downloads",
-    limit: int = 10,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> dict[str, Any]:
     """GGUF repositories on the Hub, with their files, sizes and whether each fits here."""
     hits = await asyncio.to_thread(client.search, q, quant=quant, sort=sort, limit=limit)
@@ -65,9 +65,8 @@ async def catalog_models(runtime: RuntimeDep) -> dict[str, Any]:
 @router.post("/pulls", response_model=None)
 async def start_pull(body: PullRequest, runtime: RuntimeDep) -> StreamingResponse | JSONResponse:
     """Download a model (or join its running download); its progress as SSE."""
-    rate = parse_size(body.limit_rate) if body.limit_rate else None
     remote = await asyncio.to_thread(_resolve, body, runtime.settings)
-    pull = runtime.pulls.start(remote, rate=rate)
+    pull = runtime.pulls.start(remote, rate=body.limit_rate or None)
     if not body.stream:
         return JSONResponse(pull.as_dict(), status_code=202)
     return _events(runtime.pulls, pull)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -176,6 +177,8 @@ def hub_errors(what: str) -> Iterator[None]:
         raise UnreachableError(
             f"Cannot {what}: the answer from {endpoint()} is not the Hub's ({exc!r})."
         ) from exc
+    except httpx2.InvalidURL as exc:  # what the request names cannot be put in a URL
+        raise BadRequestError(f"Cannot {what}: {exc}.") from exc
     except (httpx2.TransportError, OSError) as exc:
         raise UnreachableError(
             f"Cannot {what}: the HuggingFace Hub at {endpoint()} cannot be reached "
@@ -194,11 +197,29 @@ def _get(path: str, params: dict[str, Any] | list[tuple[str, Any]]) -> Any:
     return resp.json()
 
 
+# The Hub's rule for a repository id: owner/name, letters, digits, "-", "_", "." (no "--"
+# or ".." in it), at most 96 characters
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_repo_id(repo: str) -> str:
+    """``repo`` if it is a repository id the Hub could have; BadRequestError otherwise
+    (before anything is sent: a name is never a path on the Hub's server)."""
+    if len(repo) > 96 or not _REPO_ID.fullmatch(repo) or ".." in repo or "--" in repo:
+        raise BadRequestError(
+            f"{repo[:100]!r} is not a Hub repository id: write it as owner/name "
+            "(letters, digits, '-', '_', '.'), e.g. bartowski/SmolLM2-360M-Instruct-GGUF.",
+            param="repo",
+        )
+    return repo
+
+
 def _info(repo: str, revision: str | None = None) -> dict[str, Any]:
     """The Hub's model info of ``repo``, with each file's size and LFS sha256. Read as JSON:
     ``huggingface_hub.ModelInfo`` would add 190 ms of imports to every command using it."""
     from urllib.parse import quote
 
+    check_repo_id(repo)
     path = f"/api/models/{repo}" + (f"/revision/{quote(revision, safe='')}" if revision else "")
     info: dict[str, Any] = _get(path, {"blobs": True})
     return info

@@ -1,0 +1,57 @@
+"""Hostile and malformed input is the client's mistake: a 4xx that says what is wrong, in
+the route's dialect, never a 500 (issue 18). Against the fake engine: what is checked here
+is OffGrid's own validation, before any engine sees the request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from conftest import fake_engine_settings, serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    (tmp / "m").mkdir()
+    # a Hub that cannot be reached: nothing here may even try when the input is bad
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        with serve_in_thread(fake_engine_settings(tmp, tmp / "m")) as served:
+            yield served
+
+
+@pytest.mark.parametrize(
+    "repo", ["\x00", "a/b\nc", "../../etc", "a/../b", "owner", "a/b/c", "a--b/c", "x/" + "y" * 100]
+)
+def test_a_name_that_is_no_hub_repository_is_a_400(url: str, repo: str) -> None:
+    got = requests.post(url + "/api/pulls", json={"repo": repo, "quant": "Q4_K_M"}, timeout=30)
+    assert got.status_code == 400, got.text
+    assert "repository id" in got.json()["error"]["message"]
+    ollama = requests.post(url + "/api/pull", json={"model": f"hf.co/{repo}:Q4_K_M"}, timeout=30)
+    assert ollama.status_code in (400, 404), ollama.text  # Ollama's: no such model
+    assert "repositor" in ollama.json()["error"]
+
+
+@pytest.mark.parametrize("rate", ["NUL", "12XB", -5, [], {"a": 1}, True])
+def test_a_rate_that_is_no_size_is_a_400_naming_the_field(url: str, rate: object) -> None:
+    got = requests.post(url + "/api/pulls", json={"repo": "a/b", "limit_rate": rate}, timeout=30)
+    assert got.status_code == 400, got.text
+    assert got.json()["error"]["param"] == "limit_rate"
+
+
+def test_an_unreachable_hub_is_a_503_not_a_500(url: str) -> None:
+    got = requests.post(url + "/api/pulls", json={"repo": "a/b", "quant": "Q4_K_M"}, timeout=30)
+    assert got.status_code == 503 and got.json()["error"]["code"] == "unreachable"
+    got = requests.get(url + "/api/hub/search", params={"q": "x", "limit": 0}, timeout=30)
+    assert got.status_code == 400  # a limit out of range is refused before the Hub is asked
+
+
+@pytest.mark.parametrize("keep_alive", ["soon", [], "5 parsecs"])
+def test_a_keep_alive_that_is_no_duration_is_a_400(url: str, keep_alive: object) -> None:
+    got = requests.post(
+        url + "/api/models/anything/load", json={"keep_alive": keep_alive}, timeout=30
+    )
+    assert got.status_code == 400, got.text
