@@ -1,8 +1,9 @@
 """The dashboard at /ui, driven by a real browser (Debian's Chromium, headless, through
 Playwright) against the real server, engine and models.
 
-Screenshots of each page in light and dark are written to docs/screenshots/ (the README
-shows them).
+Screenshots of each page in light and dark are written to build/screenshots/ (ignored by
+git: running the tests changes no tracked file). To refresh the ones the README shows:
+    OFFGRID_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest tests/test_ui.py -k screenshots
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from offgrid.engine.build import EngineBinary
 from offgrid.models.starter import GEMMA, STARTER
 
 CHROMIUM = os.environ.get("OFFGRID_CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / os.environ.get("OFFGRID_SCREENSHOTS", "build/screenshots")
 PHONE = {"width": 390, "height": 844}
 SMOL = STARTER.file_name
 
