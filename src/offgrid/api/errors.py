@@ -100,9 +100,7 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     said = str(first.get("msg", "malformed body")).removeprefix("Value error, ")
-    message = f"Invalid request: {said}" + (
-        f" ({where})" if where else ""
-    )
+    message = f"Invalid request: {said}" + (f" ({where})" if where else "")
     return JSONResponse(error_body(message, "invalid_request_error", param=where or None), 400)
 
 

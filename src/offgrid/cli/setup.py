@@ -53,6 +53,14 @@ def setup(
     cuda: Annotated[
         bool, typer.Option("--cuda", help="Build with CUDA even if no GPU is seen")
     ] = False,
+    portable: Annotated[
+        bool,
+        typer.Option(
+            "--portable",
+            help="Build every CPU variant (for `offgrid pack` to other machines); "
+            "by default only those this CPU runs",
+        ),
+    ] = False,
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -68,6 +76,7 @@ def setup(
         engine = build_engine(
             settings,
             backend=backend,
+            portable=portable,
             step=lambda msg, pct: update(msg, pct or 0, 100),
             progress=lambda name, done, total: update(f"download {name}", done, total),
         )

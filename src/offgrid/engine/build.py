@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offgrid.config import Settings
+from offgrid.engine.cpu_variants import keep_only, local_variants
 from offgrid.errors import ConfigError, EngineUnavailableError, SetupError
 from offgrid.package_index import Progress, fetch_package_file
 from offgrid.resources import gpus
@@ -35,6 +36,7 @@ __all__ = [
     "detect_backend",
     "find_engine",
     "plan_build",
+    "plans",
 ]
 
 
@@ -127,10 +129,14 @@ def _lists_gpu(binary: Path) -> bool:
 
 @dataclass(frozen=True)
 class BuildPlan:
+    """What to build and where: ``variants`` are the x86 CPU variants kept (None: all,
+    the portable engine that runs on any x86-64 CPU)."""
+
     backend: str
     flags: tuple[str, ...]
     key: str
     folder: Path
+    variants: tuple[str, ...] | None = None
 
 
 def _gpu_visible() -> bool:
@@ -175,10 +181,21 @@ def detect_backend(*, cpu_only: bool = False, cuda: bool = False) -> str:
     return "cpu"
 
 
-def plan_build(cache_dir: Path, backend: str) -> BuildPlan:
+def plan_build(cache_dir: Path, backend: str, *, portable: bool = True) -> BuildPlan:
+    """The build of ``backend``: with every CPU variant (``portable``), or only those for
+    this CPU (``cpu_variants.local_variants``; the same as portable where it cannot tell)."""
     flags = BASE_FLAGS + (_cuda_flags() if backend == "cuda" else BACKEND_FLAGS[backend])
-    key = hashlib.sha256("\n".join((SOURCE.sha256, *flags)).encode()).hexdigest()[:16]
-    return BuildPlan(backend, flags, key, cache_dir / "engine" / f"{backend}-{key}")
+    variants = None if portable else local_variants()
+    marks = (SOURCE.sha256, *flags, *([f"variants={','.join(variants)}"] if variants else []))
+    key = hashlib.sha256("\n".join(marks).encode()).hexdigest()[:16]
+    return BuildPlan(backend, flags, key, cache_dir / "engine" / f"{backend}-{key}", variants)
+
+
+def plans(cache_dir: Path, backend: str) -> list[BuildPlan]:
+    """The builds of ``backend`` that serve this machine, the portable one first (it was
+    the only kind before: caches that hold one need no new build)."""
+    both = [plan_build(cache_dir, backend), plan_build(cache_dir, backend, portable=False)]
+    return both[:1] if both[0].folder == both[1].folder else both
 
 
 def _complete(folder: Path) -> bool:
@@ -206,10 +223,9 @@ def find_engine(settings: Settings) -> EngineBinary:
         return EngineBinary(path, backend, "OFFGRID_LLAMA_SERVER")
     preferred = detect_backend()
     for backend in dict.fromkeys((preferred, "cpu")):
-        plan = plan_build(settings.cache_dir, backend)
-        folders = [plan.folder]
+        folders = [plan.folder for plan in plans(settings.cache_dir, backend)]
         if backend != "cpu":  # a GPU build whose key the GPUs cannot confirm right now
-            folders += sorted(plan.folder.parent.glob(f"{backend}-*"))  # (driver not up yet)
+            folders += sorted(folders[0].parent.glob(f"{backend}-*"))  # (driver not up yet)
         for folder in folders:
             if _complete(folder) and _built(folder, "source", "sha256") == SOURCE.sha256:
                 return EngineBinary(folder / "bin" / "llama-server", backend, str(folder))
@@ -275,15 +291,19 @@ def build_engine(
     settings: Settings,
     *,
     backend: str,
+    portable: bool = False,
     jobs: int | None = None,
     step: Callable[[str, int | None], None] = lambda _msg, _pct: None,
     progress: Progress | None = None,
 ) -> EngineBinary:
-    """Build llama-server for ``backend`` into the cache unless that build already exists."""
-    plan = plan_build(settings.cache_dir, backend)
+    """Build llama-server for ``backend`` into the cache unless such a build exists: for
+    this CPU (a portable build serves it too), or ``portable`` (every CPU variant)."""
+    found = plans(settings.cache_dir, backend)
+    plan = found[0] if portable else found[-1]
     with _lock(plan.folder.with_suffix(".lock")):
-        if _complete(plan.folder):
-            return EngineBinary(plan.folder / "bin" / "llama-server", backend, str(plan.folder))
+        for done in found if not portable else [plan]:
+            if _complete(done.folder):
+                return EngineBinary(done.folder / "bin" / "llama-server", backend, str(done.folder))
         for tool in ("cmake", "c++"):
             if not shutil.which(tool):
                 raise SetupError(f"Building the engine needs `{tool}`: install cmake and g++.")
@@ -303,6 +323,8 @@ def build_engine(
         log.write_text(f"OffGrid engine build {plan.key} ({backend})\n")
         step("Unpacking sources", None)
         src = _extract(archive, work / "src", SOURCE.subdir)
+        if plan.variants is not None:
+            keep_only(src / "ggml" / "src" / "CMakeLists.txt", plan.variants)
         build = work / "build"
         step("Configuring (cmake)", None)
         _run_logged(
@@ -318,7 +340,12 @@ def build_engine(
         for item in (build / "bin").iterdir():
             if item.is_symlink() or item.is_file():  # keep lib*.so.0 -> lib*.so.0.x links
                 shutil.copy2(item, staged / "bin" / item.name, follow_symlinks=False)
-        meta = {"source": SOURCE.__dict__, "backend": backend, "flags": plan.flags}
+        meta = {
+            "source": SOURCE.__dict__,
+            "backend": backend,
+            "flags": plan.flags,
+            "cpu_variants": plan.variants or "all",
+        }
         (staged / "ENGINE.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(plan.folder, ignore_errors=True)
         os.replace(staged, plan.folder)

@@ -109,6 +109,12 @@ def make_pack(
     sums |= wheel_sums
 
     report.step(f"== Engine: {backend} build {engine_dir}")
+    variants = json.loads((engine_dir / "ENGINE.json").read_text()).get("cpu_variants", "all")
+    if variants != "all":
+        report.step(
+            f"   its CPU kernels are this CPU's only ({', '.join(variants)}): it runs on CPUs "
+            "like this one. For any x86-64 CPU: `offgrid setup --portable`, then pack again."
+        )
     engine = engine_files(engine_dir)
     sums |= _stage(dest, "engine", engine, report)
     engine_version = _engine_runs(dest / "engine", backend)

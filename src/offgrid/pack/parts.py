@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from offgrid.config import Settings
-from offgrid.engine.build import detect_backend, plan_build
+from offgrid.engine.build import detect_backend, plans
 from offgrid.errors import SetupError
 
 __all__ = [
@@ -110,13 +110,15 @@ def engine_build(settings: Settings, *, cpu_only: bool) -> tuple[Path, str]:
 
     The build ``OFFGRID_LLAMA_SERVER`` names, when it is one (a node installed as a
     service runs the engine its installer copied), else this machine's preferred build
-    in the cache (CUDA where there is one and ``cpu_only`` is not set), else the CPU one.
+    in the cache (CUDA where there is one and ``cpu_only`` is not set), else the CPU one;
+    of each, the portable build (every CPU variant) before the one for this CPU only.
     """
     folders = []
     if settings.llama_server:
         folders.append(Path(settings.llama_server).expanduser().parent.parent)
     backends = ["cpu"] if cpu_only else [detect_backend(), "cpu"]
-    folders += [plan_build(settings.cache_dir, b).folder for b in dict.fromkeys(backends)]
+    for backend in dict.fromkeys(backends):
+        folders += [plan.folder for plan in plans(settings.cache_dir, backend)]
     for folder in folders:
         try:
             backend = str(json.loads((folder / "ENGINE.json").read_text())["backend"])
