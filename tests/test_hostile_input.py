@@ -55,3 +55,31 @@ def test_a_keep_alive_that_is_no_duration_is_a_400(url: str, keep_alive: object)
         url + "/api/models/anything/load", json={"keep_alive": keep_alive}, timeout=30
     )
     assert got.status_code == 400, got.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m", "messages": [], "temperature": NaN}',
+        b'{"model": "m", "messages": [], "top_p": Infinity}',
+        b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "m", "messages": [}',
+        b"[1, 2]",
+        b'{"model": 7, "messages": []}',
+    ],
+)
+def test_bodies_that_are_not_json_objects_are_400s(url: str, body: bytes) -> None:
+    got = requests.post(
+        url + "/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert got.status_code == 400, got.text
+    assert got.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_headers_over_the_limit_are_refused_and_the_server_stays_up(url: str) -> None:
+    got = requests.get(url + "/health", headers={"X-Big": "x" * 200_000}, timeout=30)
+    assert got.status_code == 431 and "headers" in got.json()["error"]["message"]
+    assert requests.get(url + "/health", timeout=10).status_code == 200

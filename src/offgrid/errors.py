@@ -4,6 +4,7 @@
     ├── ConfigError                  500 server_error      (bad settings or config file)
     ├── BadRequestError              400 invalid_request_error
     │   ├── PayloadTooLargeError     413 invalid_request_error
+    │   ├── HeadersTooLargeError     431 invalid_request_error
     │   └── IncompleteGGUFError      400 invalid_request_error (a GGUF file cut short)
     ├── AuthenticationError          401 invalid_request_error / invalid_api_key
     │                                    (no key, a wrong, revoked or expired one)
@@ -39,6 +40,7 @@ __all__ = [
     "ConflictError",
     "EngineError",
     "EngineUnavailableError",
+    "HeadersTooLargeError",
     "IncompleteGGUFError",
     "InsufficientMemoryError",
     "IntegrityError",
@@ -89,6 +91,11 @@ class BadRequestError(OffGridError):
 class PayloadTooLargeError(BadRequestError):
     status = 413
     code = "request_too_large"
+
+
+class HeadersTooLargeError(BadRequestError):
+    status = 431
+    code = "request_header_fields_too_large"
 
 
 class IncompleteGGUFError(BadRequestError):

@@ -29,7 +29,7 @@ from offgrid.api.relay.asgi import Call, Receive, Scope, Send, close_on_disconne
 from offgrid.api.relay.engine_client import engine_failed
 from offgrid.api.relay.engine_stream import client_transport
 from offgrid.api.relay.path import Stream
-from offgrid.api.relay.request import parse_request, read_body
+from offgrid.api.relay.request import check_header_size, parse_request, read_body
 from offgrid.errors import OffGridError
 from offgrid.logs import request_line
 
@@ -68,6 +68,7 @@ class ProxyApp:
         route = ROUTES.get(scope["path"])
         call = Call(runtime, scope, receive, send, route or _NOT_PROXIED, began)
         try:
+            check_header_size(scope["headers"])
             if runtime is not None:
                 runtime.guard.check(scope["method"], scope["path"], scope["headers"])
         except Exception as exc:  # a bad keys file too: refused, never waved through

@@ -9,10 +9,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from offgrid.api.dialects import ROUTES
-from offgrid.errors import BadRequestError, ConfigError, PayloadTooLargeError
+from offgrid.errors import (
+    BadRequestError,
+    ConfigError,
+    HeadersTooLargeError,
+    PayloadTooLargeError,
+)
 from offgrid.units import parse_duration
 
-__all__ = ["ROUTES", "ProxyRequest", "parse_request", "read_body"]
+__all__ = ["ROUTES", "ProxyRequest", "check_header_size", "parse_request", "read_body"]
+
+# What a client may send as headers, all together (nginx's default allows 32 KiB; httptools
+# sets no limit of its own)
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def check_header_size(headers: list[tuple[bytes, bytes]]) -> None:
+    """HeadersTooLargeError (431) for headers past ``MAX_HEADER_BYTES`` in all."""
+    if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
+        raise HeadersTooLargeError(
+            f"The request's headers are larger than {MAX_HEADER_BYTES // 1024} KiB in all."
+        )
 
 
 @dataclass(frozen=True)
@@ -29,9 +46,11 @@ def parse_request(body: bytes, required: str, *, stream_default: bool = False) -
     """The fields OffGrid owns; BadRequestError for what it cannot accept. ``stream``
     is false unless said (OpenAI), or true unless said (Ollama: ``stream_default``)."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_not_json)
     except ValueError as exc:
         raise BadRequestError(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise BadRequestError("The request body is nested too deeply.") from None
     if not isinstance(payload, dict):
         raise BadRequestError("The request body must be a JSON object.")
     model = payload.get("model")
@@ -51,6 +70,11 @@ def parse_request(body: bytes, required: str, *, stream_default: bool = False) -
     return ProxyRequest(model, stream, seconds, payload)
 
 
+def _not_json(name: str) -> None:
+    """NaN and Infinity: Python's json takes them, JSON (and the engine) does not."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 async def read_body(
     scope: MutableMapping[str, Any],
     receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
@@ -59,7 +83,11 @@ async def read_body(
     """The request's body; PayloadTooLargeError past ``limit`` bytes (said or sent),
     ConnectionResetError if the client leaves first."""
     for name, value in scope["headers"]:
-        if name == b"content-length" and int(value or 0) > limit:
+        if name != b"content-length":
+            continue
+        if not value.isdigit():
+            raise BadRequestError("Content-Length must be a number of bytes.")
+        if int(value) > limit:
             raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
     parts: list[bytes] = []
     size = 0
