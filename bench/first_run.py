@@ -3,7 +3,7 @@
   cold    a clean clone of this checkout and an empty cache folder (OFFGRID_CACHE_DIR):
           the venv is made, the engine built for this CPU, the starter model fetched and
           verified, the server started; then one streamed chat. Seconds from starting
-          serve.sh to its first token, and where they went (the setup's own phases).
+          serve.sh to its first token.
   warm    the same clone run again: the engine and model are cached (goal < 30 s)
   --portable   build every CPU variant instead (`offgrid setup --portable`): the cost
           that the build for this CPU saves, measured the same way

@@ -34,6 +34,7 @@ from offgrid.models.starter import GEMMA, STARTER, place_model
 
 REAL_ENV = dict(os.environ)
 FAKE_ENGINE = str(Path(__file__).with_name("fake_engine.py"))
+OFFLINE_GUARD = str(Path(__file__).with_name("offline_guard"))
 STARTER_ID = STARTER.model_id
 GEMMA_ID = GEMMA.model_id
 
@@ -138,12 +139,21 @@ class Server:
                 return int(str(m["port"]))
         raise AssertionError(f"{model_id} is not loaded: {self.ps()}")
 
+    @property
+    def offline_log(self) -> Path:
+        """Where the server's offline guard (tests/offline_guard) writes what it refused."""
+        return Path(self.env["OFFGRID_TEST_OFFLINE_LOG"])
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the server; fails if it tried to reach beyond loopback unasked."""
         if self._client is not None:
             self._client.close()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
+        code = self.proc.wait(timeout=60)
+        if self.offline_log.exists() and (tried := self.offline_log.read_text()):
+            raise AssertionError(f"the server reached beyond loopback unasked:\n{tried}")
+        return code
 
 
 def start_server(tmp: Path, models_dir: Path, binary: EngineBinary, **env_extra: str) -> Server:
@@ -156,6 +166,8 @@ def start_server(tmp: Path, models_dir: Path, binary: EngineBinary, **env_extra:
         "OFFGRID_CACHE_DIR": str(tmp / "cache"),
         "OFFGRID_LLAMA_SERVER": str(binary.path),
         "OFFGRID_NUM_THREADS": "2",
+        "PYTHONPATH": os.pathsep.join(filter(None, [OFFLINE_GUARD, REAL_ENV.get("PYTHONPATH")])),
+        "OFFGRID_TEST_OFFLINE_LOG": str(tmp / "offline.log"),
         **env_extra,
     }
     log = tmp / "serve.log"

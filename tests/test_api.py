@@ -13,7 +13,16 @@ import openai
 import pytest
 import requests
 
-from conftest import GEMMA_ID, STARTER_ID, Server, stream_data, wait_for
+from conftest import (
+    GEMMA_ID,
+    STARTER_ID,
+    Server,
+    link_models,
+    start_server,
+    stream_data,
+    wait_for,
+)
+from offgrid.engine.build import EngineBinary
 
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
 
@@ -296,3 +305,19 @@ def test_an_engine_port_is_no_way_around_offgrid(server: Server) -> None:
     assert server.engine(STARTER_ID, "/slots").status_code == 200  # with its secret
     cmdline = Path(f"/proc/{server.engine_pid(STARTER_ID)}/cmdline").read_bytes()
     assert b"api-key" not in cmdline
+
+
+def test_the_offline_guard_catches_a_connection_beyond_loopback(
+    tmp_path: Path, model_store: Path, engine_binary: EngineBinary
+) -> None:
+    """The guard every test server carries (tests/offline_guard) sees an outbound try: here
+    one asked for on purpose (a Hub search), so this test reads and clears its record."""
+    models = link_models(model_store, tmp_path / "m", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"})
+    srv = start_server(tmp_path, models, engine_binary, HF_ENDPOINT="http://192.0.2.1:9")
+    try:
+        got = requests.get(f"{srv.url}/api/hub/search", params={"q": "x"}, timeout=30)
+        assert got.status_code == 503  # refused at once by the guard: "cannot be reached"
+        assert "192.0.2.1:9" in srv.offline_log.read_text()
+        srv.offline_log.unlink()
+    finally:
+        srv.stop()

@@ -1,0 +1,46 @@
+"""Loaded by every `offgrid serve` the tests start (conftest puts this folder first on
+PYTHONPATH): any connection, datagram or name lookup beyond loopback is refused and written
+to ``$OFFGRID_TEST_OFFLINE_LOG``, which the test then finds (issue 18: the offline proof).
+A test that asks for the network on purpose reads and clears that file itself."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+
+_LOG = os.environ.get("OFFGRID_TEST_OFFLINE_LOG", "")
+_NETWORKS = (socket.AF_INET, socket.AF_INET6)
+
+
+def _loopback(host: object) -> bool:
+    if host in (None, "localhost", b"localhost"):
+        return True
+    text = host.decode() if isinstance(host, bytes) else str(host)
+    try:
+        return ipaddress.ip_address(text.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name: its lookup alone would leave the box
+
+
+def _refuse(what: str, host: object, port: object) -> None:
+    with open(_LOG, "a", encoding="utf-8") as log:
+        log.write(f"{what} {host}:{port}\n")
+    raise ConnectionRefusedError(f"offline test: {what} {host}:{port} was not asked for")
+
+
+def _hook(event: str, args: tuple[object, ...]) -> None:
+    if event == "socket.getaddrinfo":
+        host, port = args[0], args[1]
+        if not _loopback(host):
+            _refuse("lookup", host, port)
+    elif event in ("socket.connect", "socket.sendto"):
+        sock, address = args[0], args[1]
+        network = getattr(sock, "family", None) in _NETWORKS and isinstance(address, tuple)
+        if network and not _loopback(address[0]):
+            _refuse(event.removeprefix("socket."), address[0], address[1])
+
+
+if _LOG:
+    sys.addaudithook(_hook)
