@@ -4,12 +4,14 @@ is OffGrid's own validation, before any engine sees the request."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import fake_engine_settings, serve_in_thread
+from conftest import STARTER_ID, fake_engine_settings, link_models, serve_in_thread, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,50 @@ def test_headers_over_the_limit_are_refused_and_the_server_stays_up(url: str) ->
     got = requests.get(url + "/health", headers={"X-Big": "x" * 200_000}, timeout=30)
     assert got.status_code == 431 and "headers" in got.json()["error"]["message"]
     assert requests.get(url + "/health", timeout=10).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def importing(
+    tmp_path_factory: pytest.TempPathFactory, model_store: Path
+) -> Iterator[tuple[Path, str]]:
+    """A server whose drop folder holds the starter model: the folder and the server."""
+    tmp = tmp_path_factory.mktemp("imports")
+    drop = link_models(model_store, tmp / "drop", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"})
+    (tmp / "m").mkdir()
+    settings = fake_engine_settings(tmp, tmp / "m", OFFGRID_IMPORT_DIRS=str(drop))
+    with serve_in_thread(settings) as served:
+        yield drop, served
+
+
+@pytest.mark.parametrize("source", ["/", "/etc", "~", "drop/../..", "escape"])
+def test_an_import_reads_only_from_allowed_folders(
+    importing: tuple[Path, str], source: str
+) -> None:
+    drop, url = importing
+    (drop / "escape").unlink(missing_ok=True)
+    (drop / "escape").symlink_to("/etc")  # a link inside that points out: refused too
+    source = {"drop/../..": f"{drop}/../..", "escape": str(drop / "escape")}.get(source, source)
+    started = time.monotonic()
+    got = requests.post(url + "/api/models/import", json={"source": source}, timeout=30)
+    assert got.status_code == 403 and "imports only from" in got.json()["error"]["message"]
+    assert time.monotonic() - started < 5  # refused, not walked
+
+
+def test_an_import_runs_as_a_job_with_progress(importing: tuple[Path, str]) -> None:
+    drop, url = importing
+    order = {"source": str(drop / f"{STARTER_ID}.gguf"), "wait": False}
+    got = requests.post(url + "/api/models/import", json=order, timeout=30)
+    assert got.status_code == 202 and got.json()["status"] == "running"
+    job = got.json()["id"]
+
+    def ended() -> dict[str, object] | None:
+        state = requests.get(f"{url}/api/imports/{job}", timeout=10).json()
+        return state if state["status"] != "running" else None
+
+    state = wait_for(ended, 60, "the import to end")
+    assert state["status"] == "done" and state["total_bytes"] == state["done_bytes"] > 0
+    assert [(r["model_id"], r["status"]) for r in state["results"]] == [(STARTER_ID, "imported")]
+    assert job in {
+        j["id"] for j in requests.get(f"{url}/api/imports", timeout=10).json()["imports"]
+    }
+    assert requests.get(f"{url}/api/imports/nope", timeout=10).status_code == 404

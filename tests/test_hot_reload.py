@@ -117,9 +117,14 @@ def test_models_api_shows_details_and_imports_from_a_path(
     assert [(c["model_id"], c["status"]) for c in checks["checks"]] == [(STARTER_ID, "OK")]
     details = requests.get(f"{served.url}/api/models/{STARTER_ID}", timeout=60).json()
     assert details["sha256"] == STARTER.sha256
+    outside = {"source": str(model_store / GEMMA.file_name)}
+    refused = requests.post(f"{served.url}/api/models/import", json=outside, timeout=60)
+    assert refused.status_code == 403 and "imports only from" in refused.text
+    drop = Path(served.env["HOME"]) / ".local" / "share" / "offgrid" / "import"  # the default
+    link_models(model_store, drop, {GEMMA.file_name: GEMMA.file_name})
     resp = requests.post(
         f"{served.url}/api/models/import",
-        json={"source": str(model_store / GEMMA.file_name)},
+        json={"source": str(drop / GEMMA.file_name)},
         timeout=120,
     )
     assert resp.status_code == 200, resp.text

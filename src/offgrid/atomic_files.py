@@ -56,7 +56,8 @@ class Progress(Protocol):
     def start(self, name: str, total: int, done: int = 0) -> None:
         """A file begins: ``total`` bytes, of which ``done`` are there already (resumed)."""
 
-    def advance(self, done: int) -> None: ...
+    def advance(self, done: int) -> None:
+        """``done`` more bytes of the file are there."""
 
 
 class _Silent:

@@ -60,6 +60,7 @@ class Settings:
     ollama_port: int = 0
     models_dir: Path = field(default_factory=lambda: _data_home(os.environ) / "offgrid" / "models")
     extra_model_dirs: str = ""
+    import_dirs: str = ""
     data_dir: Path = field(default_factory=lambda: _data_home(os.environ) / "offgrid")
     cache_dir: Path = field(default_factory=lambda: _cache_home(os.environ) / "offgrid")
     llama_server: str = ""
@@ -98,6 +99,15 @@ class Settings:
         extra = self.extra_model_dirs.split(os.pathsep)
         return [self.models_dir, *(Path(os.path.expanduser(p)) for p in extra if p.strip())]
 
+    @property
+    def import_roots(self) -> list[Path]:
+        """The folders the server imports from when asked over the API: removable media
+        and the drop folder ``<data>/import`` unless ``import_dirs`` says otherwise."""
+        given = [p for p in self.import_dirs.split(os.pathsep) if p.strip()]
+        if given:
+            return [Path(os.path.expanduser(p)) for p in given]
+        return [Path("/media"), Path("/mnt"), Path("/run/media"), self.data_dir / "import"]
+
     def as_rows(self) -> list[tuple[str, str, str, str]]:
         """(env name, value, source, meaning) for every setting, for display."""
         return [
@@ -125,6 +135,13 @@ FIELDS: tuple[Setting, ...] = (
         "OFFGRID_EXTRA_MODEL_DIRS",
         "models.extra_directories",
         "More model folders, scanned in place (read-only is fine), separated by ':'",
+    ),
+    Setting(
+        "import_dirs",
+        "OFFGRID_IMPORT_DIRS",
+        "models.import_directories",
+        "Folders the server may import from when asked over the API, separated by ':' "
+        "(default: /media, /mnt, /run/media and <data>/import)",
     ),
     Setting(
         "data_dir",
@@ -290,7 +307,8 @@ def _coerce(name: str, value: Any) -> Any:
     if kind in ("float", float):
         return float(value)
     if isinstance(value, list | tuple):
-        return (os.pathsep if name == "extra_model_dirs" else ",").join(str(v) for v in value)
+        separator = os.pathsep if name in ("extra_model_dirs", "import_dirs") else ","
+        return separator.join(str(v) for v in value)
     if isinstance(value, dict):  # a mapping in the config file
         if name == "model_aliases":
             return ",".join(f"{k}={v}" for k, v in value.items())

@@ -1,7 +1,8 @@
 """The one runtime of a server: every long-lived part, built from the settings.
 
     Settings ─ Registry (models) ─ Scheduler (engines) ─ Relay (requests to engines)
-            └ Guard (API keys), Pulls (Hub downloads), Metrics, the models folders' watch
+            └ Guard (API keys), Pulls (Hub downloads), ImportJobs (imports asked over the
+              API), Metrics, the models folders' watch
 
 ``Runtime.start(settings)`` builds and starts them (the app's lifespan calls it);
 ``close()`` stops them in reverse order, every engine included, so a stopped server
@@ -31,6 +32,7 @@ from offgrid.engine.plan import (
 )
 from offgrid.hub.pulls import Pulls
 from offgrid.models.aliases import load_aliases
+from offgrid.models.import_jobs import ImportJobs
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.models.watcher import watch_folders
 from offgrid.placement import Memory
@@ -51,6 +53,7 @@ class Runtime:
     scheduler: Scheduler
     relay: Relay
     pulls: Pulls
+    imports: ImportJobs
     metrics: Metrics
     guard: Guard
     aliases: dict[str, str]  # copies (``models.aliases``), then the config's on top
@@ -85,9 +88,20 @@ class Runtime:
             settings.model_aliases
         )
         pulls = Pulls(registry)
+        imports = ImportJobs(registry, settings.data_dir / "keys", settings.import_roots)
         metrics.start()  # the history's timer, stopped by close()
         return cls(
-            settings, registry, scheduler, relay, pulls, metrics, guard, aliases, stop_watch, watch
+            settings,
+            registry,
+            scheduler,
+            relay,
+            pulls,
+            imports,
+            metrics,
+            guard,
+            aliases,
+            stop_watch,
+            watch,
         )
 
     async def close(self) -> None:
@@ -99,7 +113,7 @@ class Runtime:
         async def registry() -> None:
             self.registry.close()
 
-        steps = (lambda: self._watch, self.pulls.close, self.scheduler.close)
+        steps = (lambda: self._watch, self.pulls.close, self.imports.close, self.scheduler.close)
         for step in (*steps, self.relay.close, registry):
             try:
                 await step()

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from offgrid.api.deps import RuntimeDep
 from offgrid.api.fields import Duration
 from offgrid.api.ollama.routes import iso_time, ollama_details
 from offgrid.errors import ConflictError
-from offgrid.models.importer import import_found
-from offgrid.models.keys import Keys
-from offgrid.models.sources import find_candidates
+from offgrid.models.import_jobs import ImportOrder
 
 __all__ = ["router"]
 
@@ -33,6 +31,7 @@ class ImportRequest(BaseModel):
     name: str | None = None
     ollama_dir: str | None = None
     allow_untrusted: bool = False
+    wait: bool = True  # false: answer 202 with the job at once
 
 
 class VerifyRequest(BaseModel):
@@ -79,26 +78,27 @@ async def remove_model(model_id: str, runtime: RuntimeDep, force: bool = False) 
     return {"id": model_id, "done": await asyncio.to_thread(runtime.registry.remove, target)}
 
 
-@router.post("/models/import")
-async def import_models(body: ImportRequest, runtime: RuntimeDep) -> dict[str, Any]:
-    """Import models from a path on this machine (see ``offgrid import``)."""
-    settings = runtime.settings
+@router.post("/models/import", response_model=None)
+async def import_models(body: ImportRequest, runtime: RuntimeDep) -> dict[str, Any] | JSONResponse:
+    """Import models from an allowed folder on this machine (``models.import_jobs``): the
+    outcome once done, or with ``wait: false`` the job at once (202)."""
+    order = ImportOrder(**body.model_dump(exclude={"wait"}))
+    job = runtime.imports.start(order)
+    if not body.wait:
+        return JSONResponse(job.as_dict(), status_code=202)
+    return (await runtime.imports.wait(job)).as_dict()
 
-    def run() -> dict[str, Any]:
-        found = find_candidates(
-            body.source,
-            Keys(settings.data_dir / "keys"),
-            allow_untrusted=body.allow_untrusted,
-            ollama_dir=Path(body.ollama_dir) if body.ollama_dir else None,
-        )
-        outcomes = import_found(runtime.registry, found, link=body.link, name=body.name)
-        return {
-            "note": found.note,
-            "results": [o.as_dict() for o in outcomes],
-            "passed_over": [str(p) for p in found.passed_over],
-        }
 
-    return await asyncio.to_thread(run)
+@router.get("/imports")
+async def list_imports(runtime: RuntimeDep) -> dict[str, Any]:
+    """Imports running, and the last ones that ended."""
+    return {"imports": runtime.imports.list()}
+
+
+@router.get("/imports/{job_id}")
+async def import_state(job_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    """How far an import got: the file being copied, bytes done, outcomes so far."""
+    return runtime.imports.get(job_id).as_dict()
 
 
 @router.post("/models/verify")
