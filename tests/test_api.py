@@ -321,3 +321,30 @@ def test_the_offline_guard_catches_a_connection_beyond_loopback(
         srv.offline_log.unlink()
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 7}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": 3}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stop": {}}),
+        ("/v1/embeddings", {"input": {"text": "x"}}),
+        ("/v1/completions", {"prompt": {"a": 1}}),
+    ],
+)
+def test_what_the_engine_cannot_parse_is_a_400_not_a_500(
+    server: Server, path: str, body: dict[str, object]
+) -> None:
+    """Issue 18: the engine answers 500 for its JSON library's errors, which only a
+    malformed request raises; they reach the client as the 400s they are."""
+    for stream in (False, True):
+        got = requests.post(
+            f"{server.url}{path}",
+            json={"model": STARTER_ID, **body, **({"stream": True} if stream else {})},
+            timeout=60,
+        )
+        assert got.status_code == 400, (stream, got.text)
+        assert got.json()["error"]["type"] == "invalid_request_error"
+    ok = server.client().chat.completions.create(model=STARTER_ID, messages=HELLO, max_tokens=2)
+    assert ok.choices[0].message.content is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -20,8 +19,8 @@ from offgrid.api.health_routes import router as health_router
 from offgrid.api.hub_routes import router as hub_router
 from offgrid.api.ollama.routes import router as ollama_router
 from offgrid.api.openai_routes import router as openai_router
+from offgrid.api.proxied_schema import document_proxied_routes
 from offgrid.api.relay.passthrough import ProxyApp
-from offgrid.api.relay.request import ROUTES
 from offgrid.api.stats_routes import router as stats_router
 from offgrid.api.ui_routes import router as ui_router
 from offgrid.api.ui_routes import static_files
@@ -29,40 +28,6 @@ from offgrid.config import Settings
 from offgrid.runtime import Runtime
 
 __all__ = ["create_app"]
-
-
-def _document_proxy_routes(app: FastAPI) -> None:
-    """Add the proxied routes, served by ``ProxyApp`` rather than FastAPI, to the schema."""
-    base = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = base()
-            for path, route in ROUTES.items():
-                body = {
-                    "type": "object",
-                    "required": ["model", *filter(None, [route.required])],
-                    "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}},
-                    "additionalProperties": True,
-                }
-                schema["paths"][path] = {
-                    "post": {
-                        "summary": f"{route.dialect} {path} (to the engine)",
-                        "requestBody": {
-                            "required": True,
-                            "content": {"application/json": {"schema": body}},
-                        },
-                        "responses": {
-                            "200": {"description": "The engine's answer (JSON or SSE)"},
-                            "400": {"description": "Malformed request"},
-                            "404": {"description": "Unknown model"},
-                        },
-                    }
-                }
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings) -> ProxyApp:
@@ -86,5 +51,5 @@ def create_app(settings: Settings) -> ProxyApp:
     app.include_router(stats_router)
     app.include_router(ui_router)
     app.mount("/ui/static", static_files(), name="ui-static")
-    _document_proxy_routes(app)
+    document_proxied_routes(app)
     return ProxyApp(app, app.state)

@@ -30,5 +30,8 @@ def _parsed(parse: Callable[[str], T]) -> Callable[[object], T | None]:
     return validate
 
 
-Size = Annotated[int | None, BeforeValidator(_parsed(parse_size))]  # bytes
-Duration = Annotated[float | None, BeforeValidator(_parsed(parse_duration))]  # seconds
+_WRITTEN = str | int | float | None  # what a client may send: 512MiB, 5m, or a number
+Size = Annotated[int | None, BeforeValidator(_parsed(parse_size), json_schema_input_type=_WRITTEN)]
+Duration = Annotated[
+    float | None, BeforeValidator(_parsed(parse_duration), json_schema_input_type=_WRITTEN)
+]

@@ -59,8 +59,9 @@ async def serve_ollama(call: Call, runtime: Runtime, body: bytes, req: ProxyRequ
     ) as stream:
         call.answer = stream
         if not stream.ok:
-            await send_whole(send, stream.status, await stream.error())
-            return stream.status
+            status, error = await stream.error()
+            await send_whole(send, status, error)
+            return status
         watcher = asyncio.create_task(close_on_disconnect(call.receive, stream.close))
         shaper = StreamShaper(path, name, call.began)
         await send({"type": "http.response.start", "status": 200, "headers": _NDJSON})

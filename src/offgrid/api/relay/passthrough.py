@@ -142,8 +142,9 @@ class ProxyApp:
         ) as stream:
             call.answer = stream
             if not stream.ok:
-                await send_whole(send, stream.status, await stream.error())
-                return stream.status
+                status, error = await stream.error()
+                await send_whole(send, status, error)
+                return status
             watcher = asyncio.create_task(close_on_disconnect(receive, stream.close))
             try:
                 target = client_transport(send)

@@ -25,7 +25,7 @@ from offgrid.api.relay.engine_client import EngineClient, engine_failed
 from offgrid.api.relay.engine_stream import EngineStream
 from offgrid.scheduler import Scheduler
 
-__all__ = ["Answer", "Relay", "Stream", "reshape_error"]
+__all__ = ["Answer", "Relay", "Stream", "engine_error"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,11 @@ class Stream:
         """Whether the engine is streaming (else ``error()`` has its whole answer)."""
         return self.status == 200 and self.upstream.chunked
 
-    async def error(self) -> bytes:
-        """The whole answer of a stream that did not start, in its dialect's shape."""
+    async def error(self) -> tuple[int, bytes]:
+        """The status and whole answer of a stream that did not start (an error in its
+        dialect's shape)."""
         data = await self.upstream.read_whole()
-        return data if self.status == 200 else reshape_error(self.status, data, self.dialect)
+        return (200, data) if self.status == 200 else engine_error(self.status, data, self.dialect)
 
     def seen(self, data: bytes) -> None:
         """Note a piece on its way to the client: the tail holds the usage, the first one
@@ -131,8 +132,8 @@ class Relay:
             response.release()
             lease.release()
         if response.status != 200:
-            error = reshape_error(response.status, data, dialect)
-            return Answer(response.status, error, lease.model_id)
+            status, error = engine_error(response.status, data, dialect)
+            return Answer(status, error, lease.model_id)
         facts = completion_facts(data)
         self.metrics.completion(lease.model_id, facts, None)
         return Answer(200, data, lease.model_id, facts)
@@ -166,9 +167,14 @@ class Relay:
                 self.metrics.completion(stream.model_id, stream.facts, stream.ttft)
 
 
-def reshape_error(status: int, data: bytes, dialect: Dialect = "openai") -> bytes:
-    """The engine's own error in ``dialect``'s shape (OpenAI's ``{"error": {message, type,
-    param, code}}`` by default)."""
+def engine_error(status: int, data: bytes, dialect: Dialect = "openai") -> tuple[int, bytes]:
+    """The engine's own error, its status and body in ``dialect``'s shape (OpenAI's
+    ``{"error": {message, type, param, code}}`` by default).
+
+    llama-server answers 500 for any exception but ``invalid_argument``, among them its
+    JSON library's, which only a malformed request raises (a number where a string must
+    be, ``tools`` that is not an array): those are the client's mistake, a 400.
+    """
     message, type_ = data.decode("utf-8", errors="replace")[:2000], "invalid_request_error"
     try:
         err = json.loads(data).get("error", {})
@@ -176,6 +182,8 @@ def reshape_error(status: int, data: bytes, dialect: Dialect = "openai") -> byte
         type_ = str(err.get("type", type_))
     except (ValueError, AttributeError):
         pass
+    if status == 500 and message.startswith("[json.exception."):
+        status, type_ = 400, "invalid_request_error"
     if status >= 500:
         type_ = "server_error"
-    return dialect_error(dialect, status, message, type_)
+    return status, dialect_error(dialect, status, message, type_)
