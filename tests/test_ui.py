@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, Page, Route, sync_playwright
 from conftest import (
     FAKE_ENGINE,
     GEMMA_ID,
+    SLOWDOWN,
     STARTER_ID,
     Server,
     link_models,
@@ -69,7 +70,7 @@ def watched_page(browser: Browser, width: int = 1200) -> Iterator[Page]:
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    pg.set_default_timeout(60_000)
+    pg.set_default_timeout(60_000 * SLOWDOWN)
     try:
         yield pg
     finally:
@@ -89,7 +90,7 @@ def own_page(browser: Browser, srv: Server) -> Iterator[Page]:
     stopped when the block ends."""
     context = browser.new_context()
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(60_000 * SLOWDOWN)
     try:
         yield page
     finally:
@@ -258,7 +259,7 @@ def test_models_and_system_pages_show_real_values(page: Page, server: Server) ->
 def test_phone_sized_screen_keeps_chat_usable(browser: Browser, server: Server) -> None:
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(60_000 * SLOWDOWN)
     try:
         open_ui(page, server)
         width = page.evaluate("document.scrollingElement.scrollWidth")
@@ -284,7 +285,7 @@ def test_screenshots(browser: Browser, server: Server, theme: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1200, "height": 760}, color_scheme=theme)  # type: ignore[arg-type]
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(60_000 * SLOWDOWN)
     try:
         open_ui(page, server)
         assert page.evaluate("document.documentElement.dataset.theme") == theme
