@@ -17,6 +17,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
+from offgrid.api.dialects import FORM_ROUTES
 from offgrid.api.metrics import Metrics
 from offgrid.api.relay.path import Relay
 from offgrid.api.relay.request import ROUTES
@@ -81,7 +82,7 @@ class Runtime:
         )
         guard = Guard(
             KeyStore.for_settings(settings),
-            inference={*ROUTES, "/api/show"},  # Ollama's show is a POST that reads
+            inference={*ROUTES, *FORM_ROUTES, "/api/show"},  # Ollama's show: a POST that reads
             open_without_keys=open_without_keys(settings),
         )
         aliases = load_aliases(settings.data_dir / "aliases.json") | parse_aliases(

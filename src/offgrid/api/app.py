@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from offgrid import __version__
 from offgrid.api.admin_routes import router as admin_router
+from offgrid.api.audio_routes import router as audio_router
 from offgrid.api.errors import install_error_handlers
 from offgrid.api.health_routes import router as health_router
 from offgrid.api.hub_routes import router as hub_router
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> ProxyApp:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(openai_router)
+    app.include_router(audio_router)
     app.include_router(admin_router)
     app.include_router(ollama_router)
     app.include_router(hub_router)

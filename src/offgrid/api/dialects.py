@@ -13,7 +13,7 @@ from typing import Literal
 
 from offgrid.models.model_info import Task
 
-__all__ = ["OLLAMA_PATHS", "ROUTES", "Dialect", "Route", "dialect_of", "task_of"]
+__all__ = ["FORM_ROUTES", "OLLAMA_PATHS", "ROUTES", "Dialect", "Route", "dialect_of", "task_of"]
 
 Dialect = Literal["openai", "anthropic", "ollama"]
 
@@ -50,6 +50,10 @@ ROUTES = {
     "/api/embeddings": Route("", "embed", "ollama", "/v1/embeddings"),
 }
 
+# Routes whose body is a form (multipart), not JSON: FastAPI reads the model from it and
+# the relay passes the body on as it came
+FORM_ROUTES = {"/v1/audio/transcriptions": Route("file", "transcribe")}
+
 # Ollama's routes that FastAPI serves: their errors in Ollama's shape too
 OLLAMA_PATHS = frozenset(
     {"/api/version", "/api/tags", "/api/show", "/api/pull", "/api/delete", "/api/copy"}
@@ -58,7 +62,7 @@ OLLAMA_PATHS = frozenset(
 
 def task_of(path: str) -> Task | None:
     """What a proxied route (by the engine's path) asks of a model; None: anything."""
-    route = ROUTES.get(path)
+    route = ROUTES.get(path) or FORM_ROUTES.get(path)
     return route.task if route is not None else None
 
 

@@ -12,13 +12,14 @@ from offgrid.models.gguf_meta import GGUFInfo
 __all__ = ["ENCODERS", "POOLED", "Kind", "ModelInfo", "Task"]
 
 Kind = Literal["chat", "embedding", "rerank"]
-Task = Literal["chat", "embed", "rerank"]  # what a route asks of a model
+Task = Literal["chat", "embed", "rerank", "transcribe"]  # what a route asks of a model
 
 # Which kinds do which task: a chat model embeds too (its engine pools its states)
 _SERVES: dict[Task, frozenset[Kind]] = {
     "chat": frozenset({"chat"}),
     "embed": frozenset({"chat", "embedding"}),
     "rerank": frozenset({"rerank"}),
+    "transcribe": frozenset({"chat"}),  # with an audio projector: the engine checks which
 }
 _WHERE = {
     "embedding": "embeddings (/v1/embeddings, Ollama's /api/embed)",
@@ -91,6 +92,11 @@ class ModelInfo:
     def refusal(self, task: Task) -> str | None:
         """Why this model cannot do ``task`` (a message for the client), or None if it can."""
         kind = self.kind
+        if task == "transcribe" and kind == "chat" and self.projector is None:
+            return (
+                f"'{self.id}' cannot transcribe: it has no projector (mmproj) for audio. "
+                "Use a model that comes with an audio projector."
+            )
         if kind in _SERVES[task]:
             return None
         article = "an" if kind == "embedding" else "a"

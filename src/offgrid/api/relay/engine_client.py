@@ -74,7 +74,13 @@ class EngineClient:
                 await http.close()
 
     async def post(
-        self, path: str, body: bytes, model_id: str, *, keep_alive: float | None = None
+        self,
+        path: str,
+        body: bytes,
+        model_id: str,
+        *,
+        keep_alive: float | None = None,
+        content_type: str = "application/json",
     ) -> tuple[aiohttp.ClientResponse, Lease]:
         """Send ``body`` to ``path`` on the engine of ``model_id`` through the pooled client."""
         pooled, fresh = self._http, self._fresh
@@ -82,7 +88,7 @@ class EngineClient:
 
         async def post(engine: Engine, retry: bool) -> aiohttp.ClientResponse:
             http = fresh if retry else pooled
-            headers = {"Content-Type": "application/json", "Authorization": engine.auth_header}
+            headers = {"Content-Type": content_type, "Authorization": engine.auth_header}
             return await http.post(engine.url + path, data=body, headers=headers)
 
         return await self._with_engine(model_id, task_of(path), post, keep_alive)

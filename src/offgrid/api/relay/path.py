@@ -120,10 +120,13 @@ class Relay:
         *,
         keep_alive: float | None = None,
         dialect: Dialect = "openai",
+        content_type: str = "application/json",
     ) -> Answer:
         """Send ``body`` to ``path`` on the engine of ``model_id``; its whole answer (an
         error in ``dialect``'s shape)."""
-        response, lease = await self.client.post(path, body, model_id, keep_alive=keep_alive)
+        response, lease = await self.client.post(
+            path, body, model_id, keep_alive=keep_alive, content_type=content_type
+        )
         try:
             data = await response.read()
         except aiohttp.ClientError as exc:
@@ -184,6 +187,8 @@ def engine_error(status: int, data: bytes, dialect: Dialect = "openai") -> tuple
         pass
     if status == 500 and message.startswith("[json.exception."):
         status, type_ = 400, "invalid_request_error"
+    if status == 501:  # "not supported" by this model (audio input, embeddings): the
+        status = 400  # client asked the wrong model, as OpenAI answers it
     if status >= 500:
         type_ = "server_error"
     return status, dialect_error(dialect, status, message, type_)
