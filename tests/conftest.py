@@ -210,12 +210,16 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, engine_binary: EngineBinary, model_store: Path
 ) -> Iterator[Server]:
     """One shared server with the starter model (and Gemma) for the API tests."""
-    tmp = tmp_path_factory.mktemp("serve")
+    files = [f.file_name for f in (STARTER, GEMMA)]
+    yield from serving(tmp_path_factory.mktemp("serve"), model_store, files, engine_binary)
+
+
+def serving(
+    tmp: Path, model_store: Path, files: list[str], binary: EngineBinary
+) -> Iterator[Server]:
+    """A server on links to ``files`` of the model store, for a fixture to yield from."""
     (tmp / "home").mkdir()
-    models = link_models(
-        model_store, tmp / "models", {f.file_name: f.file_name for f in (STARTER, GEMMA)}
-    )
-    srv = start_server(tmp, models, engine_binary)
+    srv = start_server(tmp, link_models(model_store, tmp / "models", {f: f for f in files}), binary)
     yield srv
     srv.stop()
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 import requests
 
-from conftest import STARTER_ID, Server, link_models, start_server
+from conftest import STARTER_ID, Server, serving
 from minilm import FILE_NAME, MODEL_ID, RANKER_FILE, RANKER_ID
 from offgrid.engine.build import EngineBinary
 
@@ -31,12 +31,8 @@ CAT, KITTEN, MARKET = (
 def served(
     tmp_path_factory: pytest.TempPathFactory, model_store: Path, engine_binary: EngineBinary
 ) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("embed")
-    (tmp / "home").mkdir()
-    names = {n: n for n in (FILE_NAME, RANKER_FILE, f"{STARTER_ID}.gguf")}
-    srv = start_server(tmp, link_models(model_store, tmp / "models", names), engine_binary)
-    yield srv
-    srv.stop()
+    files = [FILE_NAME, RANKER_FILE, f"{STARTER_ID}.gguf"]
+    yield from serving(tmp_path_factory.mktemp("embed"), model_store, files, engine_binary)
 
 
 def cosine(a: list[float], b: list[float]) -> float:
