@@ -19,11 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import REAL_ENV, STARTER_ID, link_models, start_server
 from fuzz import fuzz
-from test_fuzz import SKIP
-
 from offgrid.config import load_settings
 from offgrid.engine.build import find_engine
 from offgrid.models.starter import STARTER, place_model
+from test_fuzz import SKIP
 
 
 def main() -> None:
