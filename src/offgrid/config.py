@@ -101,12 +101,9 @@ class Settings:
 
     @property
     def import_roots(self) -> list[Path]:
-        """The folders the server imports from when asked over the API: removable media
-        and the drop folder ``<data>/import`` unless ``import_dirs`` says otherwise."""
-        given = [p for p in self.import_dirs.split(os.pathsep) if p.strip()]
-        if given:
-            return [Path(os.path.expanduser(p)) for p in given]
-        return [Path("/media"), Path("/mnt"), Path("/run/media"), self.data_dir / "import"]
+        """Where an API import may read: ``import_dirs``, else removable media and drops."""
+        given = [Path(os.path.expanduser(p)) for p in self.import_dirs.split(os.pathsep) if p]
+        return given or [Path("/media"), Path("/mnt"), Path("/run/media"), self.data_dir / "import"]
 
     def as_rows(self) -> list[tuple[str, str, str, str]]:
         """(env name, value, source, meaning) for every setting, for display."""
@@ -140,8 +137,7 @@ FIELDS: tuple[Setting, ...] = (
         "import_dirs",
         "OFFGRID_IMPORT_DIRS",
         "models.import_directories",
-        "Folders the server may import from when asked over the API, separated by ':' "
-        "(default: /media, /mnt, /run/media and <data>/import)",
+        "Folders an API import may read, ':'-separated (/media:/mnt:/run/media:<data>/import)",
     ),
     Setting(
         "data_dir",
