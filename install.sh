@@ -19,7 +19,7 @@
 #      (kept; the installer manages only its OFFGRID_LLAMA_SERVER line);
 #   7. the engine (llama-server): copied from --engine DIR (a built engine folder) into
 #      PREFIX/engine, else the one an earlier install put there, else built once by
-#      `offgrid setup` as the offgrid user into /var/cache/offgrid (about 15 minutes on 2
+#      `offgrid setup` as the offgrid user into /var/cache/offgrid (about 7 minutes on 2
 #      cores);
 #   8. with --models DIR: the GGUF files or bundle in DIR imported (verified) into
 #      /var/lib/offgrid/models;
@@ -338,7 +338,7 @@ else
     if ! command -v cmake >/dev/null || ! command -v c++ >/dev/null; then
         die "building the engine needs a C++ compiler and CMake: apt-get install build-essential cmake (or pass --engine DIR with a built engine)"
     fi
-    echo "   building it once into $CACHE_DIR/engine as $SVC_USER: about 15 minutes on 2 cores"
+    echo "   building it once into $CACHE_DIR/engine as $SVC_USER: about 7 minutes on 2 cores"
     echo "   (a finished build is reused by later installs)"
     as_service "$VENV/bin/offgrid" setup "${SETUP_FLAGS[@]}"
 fi

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offgrid.config import Settings
-from offgrid.engine.cpu_variants import keep_only, local_variants
+from offgrid.engine.cpu_variants import X86_VARIANTS, keep_only, local_variants
 from offgrid.errors import ConfigError, EngineUnavailableError, SetupError
 from offgrid.package_index import Progress, fetch_package_file
 from offgrid.resources import gpus
@@ -191,6 +191,21 @@ def plan_build(cache_dir: Path, backend: str, *, portable: bool = True) -> Build
     return BuildPlan(backend, flags, key, cache_dir / "engine" / f"{backend}-{key}", variants)
 
 
+# What a CPU build took on 2 cores here (bench/first_run.py, docs/decisions.md): the server,
+# libllama and the rest, and each CPU variant of ggml (all 14: 642 s to a first token;
+# this CPU's 4: 463 s)
+_BUILD_BASE_S, _VARIANT_S = 330, 18
+
+
+def build_estimate(plan: BuildPlan, jobs: int) -> str:
+    """How long the build will take, as measured here, scaled to ``jobs`` cores."""
+    if plan.backend == "cuda":
+        return "tens of minutes (CUDA kernels for each GPU architecture)"
+    variants = len(plan.variants) if plan.variants else len(X86_VARIANTS)
+    seconds = (_BUILD_BASE_S + _VARIANT_S * variants) * 2 / max(1, jobs)
+    return f"about {max(1, round(seconds / 60))} minutes on {jobs} cores"
+
+
 def plans(cache_dir: Path, backend: str) -> list[BuildPlan]:
     """The builds of ``backend`` that serve this machine, the portable one first (it was
     the only kind before: caches that hold one need no new build)."""
@@ -231,7 +246,7 @@ def find_engine(settings: Settings) -> EngineBinary:
                 return EngineBinary(folder / "bin" / "llama-server", backend, str(folder))
     raise EngineUnavailableError(
         "No llama-server engine is installed. Run `offgrid setup` (builds it once, "
-        "about 15 minutes on 2 cores) or set OFFGRID_LLAMA_SERVER to an existing binary."
+        "about 7 minutes on 2 cores) or set OFFGRID_LLAMA_SERVER to an existing binary."
     )
 
 
@@ -326,11 +341,11 @@ def build_engine(
         if plan.variants is not None:
             keep_only(src / "ggml" / "src" / "CMakeLists.txt", plan.variants)
         build = work / "build"
-        step("Configuring (cmake)", None)
+        n = str(jobs or os.cpu_count() or 2)
+        step(f"Configuring (cmake); the build takes {build_estimate(plan, int(n))}", None)
         _run_logged(
             ["cmake", "-S", str(src), "-B", str(build), *plan.flags], log, step, "Configure"
         )
-        n = str(jobs or os.cpu_count() or 2)
         _run_logged(
             ["cmake", "--build", str(build), "-j", n, "--target", *TARGETS], log, step, "Build"
         )

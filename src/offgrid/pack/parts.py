@@ -128,8 +128,8 @@ def engine_build(settings: Settings, *, cpu_only: bool) -> tuple[Path, str]:
             return folder, backend
     raise SetupError(
         f"No {'CPU ' if cpu_only else ''}engine build in {settings.cache_dir / 'engine'}: "
-        "build it first with `offgrid setup --cpu-only --no-model` (once, about 15 "
-        "minutes on 2 cores), then pack again."
+        "build it first with `offgrid setup --cpu-only --portable --no-model` (once, about "
+        "10 minutes on 2 cores), then pack again."
     )
 
 
