@@ -328,9 +328,12 @@ def test_the_offline_guard_catches_a_connection_beyond_loopback(
     [
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": 7}]}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": 3}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stop": {}}),
         ("/v1/embeddings", {"input": {"text": "x"}}),
         ("/v1/completions", {"prompt": {"a": 1}}),
+        # found by tests/test_fuzz.py
+        ("/v1/chat/completions", {"messages": [{"content": "no role"}]}),
+        ("/v1/embeddings", {"input": [1.5, -2e300]}),
+        ("/detokenize", {"tokens": [1, 10_000_000]}),
     ],
 )
 def test_what_the_engine_cannot_parse_is_a_400_not_a_500(

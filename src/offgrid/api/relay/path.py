@@ -170,14 +170,36 @@ class Relay:
                 self.metrics.completion(stream.model_id, stream.facts, stream.ttft)
 
 
+# How llama-server's errors about a malformed request begin (tools/server/server-common.cpp,
+# common/chat.cpp, its JSON library; found by tests/test_fuzz.py). It answers 500 for every
+# exception but ``invalid_argument``, and these are raised by nothing but the request.
+_REQUEST_ERRORS = (
+    "[json.exception.",  # a number where a string must be, tools that is not an array
+    "Failed to parse messages",
+    "Failed to parse tools",
+    '"prompt" ',  # embedding or completion input of the wrong shape, or empty
+    "'messages' is required",
+    "Unsupported param",
+    "Only no echo",
+    "Invalid base64",
+    "Invalid token",
+    "vector::_M_range_check",  # a token id past the vocabulary (/detokenize)
+    "Cannot use both json_schema and grammar",
+    "Cannot specify grammar with tools",
+    "Cannot specify both content and content_parts",
+    "Multimodal data provided, but model does not support",
+    "image input is not supported",
+    "audio input is not supported",
+    "video input is not supported",
+    "Failed to load image or audio file",
+    "for mtmd, input prompt must be a string",
+)
+
+
 def engine_error(status: int, data: bytes, dialect: Dialect = "openai") -> tuple[int, bytes]:
     """The engine's own error, its status and body in ``dialect``'s shape (OpenAI's
-    ``{"error": {message, type, param, code}}`` by default).
-
-    llama-server answers 500 for any exception but ``invalid_argument``, among them its
-    JSON library's, which only a malformed request raises (a number where a string must
-    be, ``tools`` that is not an array): those are the client's mistake, a 400.
-    """
+    ``{"error": {message, type, param, code}}`` by default). The engine's 500s about a
+    malformed request (``_REQUEST_ERRORS``) are the client's mistake: a 400."""
     message, type_ = data.decode("utf-8", errors="replace")[:2000], "invalid_request_error"
     try:
         err = json.loads(data).get("error", {})
@@ -185,7 +207,7 @@ def engine_error(status: int, data: bytes, dialect: Dialect = "openai") -> tuple
         type_ = str(err.get("type", type_))
     except (ValueError, AttributeError):
         pass
-    if status == 500 and message.startswith("[json.exception."):
+    if status == 500 and message.startswith(_REQUEST_ERRORS):
         status, type_ = 400, "invalid_request_error"
     if status == 501:  # "not supported" by this model (audio input, embeddings): the
         status = 400  # client asked the wrong model, as OpenAI answers it
