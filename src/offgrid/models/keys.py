@@ -14,19 +14,18 @@ import binascii
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from typing import TYPE_CHECKING, Any
 
 from offgrid.atomic_files import atomic_writer
 from offgrid.errors import BadRequestError, IntegrityError
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 __all__ = ["Keys", "canonical", "signature_key"]
+
+# cryptography is imported where a key is used, not with this module: the server imports
+# it (through bundles and downloads) and would carry 7 MB more while idle.
 
 
 def canonical(document: Mapping[str, Any]) -> bytes:
@@ -38,6 +37,9 @@ def canonical(document: Mapping[str, Any]) -> bytes:
 def signature_key(document: Mapping[str, Any], what: str) -> str | None:
     """The public key that signed ``document``, None if unsigned; IntegrityError if the
     signature does not match its contents."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     sig = document.get("signature")
     if sig is None:
         return None
@@ -60,6 +62,9 @@ class Keys:
         self.folder = folder
 
     def _private(self) -> Ed25519PrivateKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         path = self.folder / "node.key"
         if not path.exists():
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -77,6 +82,8 @@ class Keys:
 
     def public_key(self) -> str:
         """This node's public key, base64 (made on first use)."""
+        from cryptography.hazmat.primitives import serialization
+
         raw = (
             self._private()
             .public_key()
@@ -87,6 +94,8 @@ class Keys:
     def sign_bytes(self, data: bytes) -> tuple[bytes, bytes]:
         """(raw ed25519 signature of ``data``, the public key as PEM): what ``openssl
         pkeyutl -verify -rawin`` checks, for files signed as they are (a pack's SHA256SUMS)."""
+        from cryptography.hazmat.primitives import serialization
+
         private = self._private()
         pem = private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -116,6 +125,8 @@ class Keys:
 
     def trust(self, key: str, name: str = "") -> None:
         """Add a public key (base64, as ``offgrid signing-key`` prints it) to the trusted ones."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(base64.b64decode(key, validate=True))
         except (ValueError, binascii.Error) as exc:
