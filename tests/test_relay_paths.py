@@ -66,3 +66,14 @@ def test_engine_death_mid_stream_ends_anthropic_stream_with_its_error_event(
     error = json.loads(events[-1].removeprefix(b"data: "))
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
     assert "engine" in error["error"]["message"]
+
+
+def test_an_anthropic_stream_always_begins_with_message_start(relay_url: str) -> None:
+    """llama-server skips ``message_start`` when its first token is half a UTF-8 character
+    (about 1 stream in 50); the relay makes one up then. The fake engine never sends one."""
+    body = {"model": STARTER_ID, "messages": [], "max_tokens": 3, "stream": True}
+    got = requests.post(f"{relay_url}/v1/messages", json=body, timeout=60)
+    events = [line for line in got.text.split("\n") if line.startswith("event: ")]
+    assert events[0] == "event: message_start" and events.count("event: message_start") == 1
+    start = json.loads(got.text.split("\n")[1].removeprefix("data: "))
+    assert start["message"]["role"] == "assistant" and start["message"]["model"] == STARTER_ID

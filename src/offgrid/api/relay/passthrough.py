@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from offgrid.api.dialects import ROUTES, Dialect, Route, dialect_of
@@ -148,7 +150,7 @@ class ProxyApp:
             watcher = asyncio.create_task(close_on_disconnect(receive, stream.close))
             try:
                 target = client_transport(send)
-                if target is None:
+                if target is None or dialect == "anthropic":  # its pieces are looked at
                     return await _send_pieces(stream, send, dialect)
                 return await _splice(stream, target, send, dialect)
             finally:
@@ -193,8 +195,11 @@ async def _splice(stream: Stream, target: tuple[Any, Any], send: Send, dialect: 
 async def _send_pieces(stream: Stream, send: Send, dialect: Dialect) -> int:
     """Relay a streamed answer through ASGI ``send`` (servers other than uvicorn's httptools)."""
     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    pieces = stream.pieces()
+    if dialect == "anthropic":
+        pieces = message_started(pieces, stream.model_id)
     try:
-        async for piece in stream.pieces():
+        async for piece in pieces:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
     except OffGridError as exc:  # the engine died or the connection broke mid-stream
         await send(
@@ -202,3 +207,30 @@ async def _send_pieces(stream: Stream, send: Send, dialect: Dialect) -> int:
         )
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return 200
+
+
+async def message_started(pieces: AsyncIterator[bytes], model_id: str) -> AsyncIterator[bytes]:
+    """An Anthropic stream that begins with ``message_start``, as Anthropic's clients need.
+
+    llama-server sends it with its first token only (``n_decoded == 1`` in
+    ``server-task.cpp``): when that token is an incomplete UTF-8 sequence (half an emoji)
+    nothing is sent for it and the stream begins at ``content_block_start``, which the
+    ``anthropic`` SDK cannot read (1 stream in about 50 here). Then one is made up.
+    """
+    first = True
+    async for piece in pieces:
+        if first and not piece.startswith(b"event: message_start"):
+            message: dict[str, object] = {
+                "id": f"msg_{secrets.token_hex(12)}",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": model_id,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            }
+            start = json.dumps({"type": "message_start", "message": message})
+            yield b"event: message_start\ndata: " + start.encode() + b"\n\n"
+        first = False
+        yield piece
