@@ -6,13 +6,24 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import STARTER_ID, fake_engine_settings, link_models, serve_in_thread, stream_data
+from conftest import (
+    STARTER_ID,
+    fake_engine_settings,
+    link_models,
+    serve_in_thread,
+    stream_data,
+    wait_for,
+)
+from offgrid.api.relay import passthrough
+from offgrid.api.relay import request as request_module
 
 
 @pytest.fixture(params=["httptools", "h11"])
@@ -77,3 +88,58 @@ def test_an_anthropic_stream_always_begins_with_message_start(relay_url: str) ->
     assert events[0] == "event: message_start" and events.count("event: message_start") == 1
     start = json.loads(got.text.split("\n")[1].removeprefix("data: "))
     assert start["message"]["role"] == "assistant" and start["message"]["model"] == STARTER_ID
+
+
+def _ps(url: str) -> dict[str, object]:
+    models = requests.get(f"{url}/api/ps", timeout=5).json()["models"]
+    return models[0] if models else {}
+
+
+def test_a_client_that_stops_reading_a_stream_is_dropped_and_frees_its_slot(
+    relay_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: a client that never reads would hold its engine slot for ever."""
+    monkeypatch.setattr(passthrough, "STALLED_S", 1.0)
+    monkeypatch.setenv("FAKE_ENGINE_TOKEN_MS", "0")  # the buffers between fill at once
+    sse_events(relay_url, max_tokens=1)  # loaded
+    host, port = relay_url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {"model": STARTER_ID, "messages": [], "max_tokens": 10_000_000, "stream": True}
+    ).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )  # and never read what comes back
+        wait_for(lambda: _ps(relay_url).get("active_requests") == 1, 10, "the stream to start")
+        wait_for(lambda: _ps(relay_url).get("active_requests") == 0, 20, "the slot to be freed")
+    assert len(sse_events(relay_url, max_tokens=3)) == 4  # and the next request works
+
+
+def test_a_body_sent_a_byte_at_a_time_times_out_with_a_408(
+    relay_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(request_module, "BODY_GRACE_S", 1.0)
+    host, port = relay_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+        started = time.monotonic()
+        answer = b""
+        for _ in range(40):  # a byte every 0.1 s: 50 would take 5 s
+            try:
+                sock.sendall(b"{")
+            except OSError:
+                break  # closed by the server after its answer
+            sock.settimeout(0.1)
+            try:
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.monotonic() - started < 3
+    assert _ps(relay_url).get("active_requests", 0) == 0

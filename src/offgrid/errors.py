@@ -5,6 +5,7 @@
     ├── BadRequestError              400 invalid_request_error
     │   ├── PayloadTooLargeError     413 invalid_request_error
     │   ├── HeadersTooLargeError     431 invalid_request_error
+    │   ├── RequestTimeoutError      408 invalid_request_error (a body sent too slowly)
     │   └── IncompleteGGUFError      400 invalid_request_error (a GGUF file cut short)
     ├── AuthenticationError          401 invalid_request_error / invalid_api_key
     │                                    (no key, a wrong, revoked or expired one)
@@ -50,6 +51,7 @@ __all__ = [
     "OverloadedError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RequestTimeoutError",
     "SetupError",
     "StorageError",
     "UnreachableError",
@@ -96,6 +98,11 @@ class PayloadTooLargeError(BadRequestError):
 class HeadersTooLargeError(BadRequestError):
     status = 431
     code = "request_header_fields_too_large"
+
+
+class RequestTimeoutError(BadRequestError):
+    status = 408
+    code = "request_timeout"
 
 
 class IncompleteGGUFError(BadRequestError):

@@ -44,7 +44,30 @@ def form_fields(content_type: str, body: bytes) -> dict[str, str]:
     return fields
 
 
-@router.post(PATH)
+_FORM = {  # the body in the OpenAPI schema (read by hand below, so FastAPI cannot tell it)
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "model"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string"},
+                        "language": {"type": "string"},
+                        "prompt": {"type": "string"},
+                        "response_format": {"type": "string"},
+                        "temperature": {"type": "number"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(PATH, openapi_extra=_FORM)
 async def transcriptions(request: Request, runtime: RuntimeDep) -> Response:
     """Transcribe an audio file with a model that has an audio projector."""
     body = await read_body(request.scope, request.receive, runtime.settings.max_request_bytes)

@@ -191,6 +191,8 @@ class EngineStream(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.closed_by_us = not self.done.done()
+            if self.closed_by_us:  # its breaking is ours: nobody need hear of it
+                self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
             self.transport.close()
 
 

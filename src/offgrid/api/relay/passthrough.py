@@ -47,6 +47,10 @@ log = logging.getLogger("offgrid.api")
 
 _NOT_PROXIED = Route("")  # FastAPI's routes: built once, not per request
 
+# A client that stops reading a stream for this long is dropped, and its engine slot freed
+# (the engine stops when its connection closes): it would hold the slot for ever otherwise
+STALLED_S = 30.0
+
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
@@ -173,7 +177,13 @@ async def _splice(stream: Stream, target: tuple[Any, Any], send: Send, dialect: 
             asyncio.get_running_loop().create_task(resume_when_drained())
 
     async def resume_when_drained() -> None:
-        await flow.drain()
+        try:
+            async with asyncio.timeout(STALLED_S):
+                await flow.drain()
+        except TimeoutError:  # the client stopped reading: drop it, free the slot
+            transport.abort()
+            stream.close()
+            return
         if upstream.transport is not None and not upstream.transport.is_closing():
             upstream.transport.resume_reading()
 
@@ -200,7 +210,11 @@ async def _send_pieces(stream: Stream, send: Send, dialect: Dialect) -> int:
         pieces = message_started(pieces, stream.model_id)
     try:
         async for piece in pieces:
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            async with asyncio.timeout(STALLED_S):  # a client that stopped reading
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+    except TimeoutError:
+        stream.close()  # the engine stops; the server closes the unfinished response
+        return 499
     except OffGridError as exc:  # the engine died or the connection broke mid-stream
         await send(
             {"type": "http.response.body", "body": error_event(exc, dialect), "more_body": True}

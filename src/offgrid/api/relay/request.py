@@ -3,6 +3,7 @@ fields it owns. The body itself goes to the engine unchanged (DESIGN.md decision
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -14,10 +15,15 @@ from offgrid.errors import (
     ConfigError,
     HeadersTooLargeError,
     PayloadTooLargeError,
+    RequestTimeoutError,
 )
 from offgrid.units import parse_duration
 
 __all__ = ["ROUTES", "ProxyRequest", "check_header_size", "parse_request", "read_body"]
+
+# How long a body may take to arrive: this, and a second more for each KiB of it (a slow
+# link sends far faster; a client sending a byte a second would hold its connection for ever)
+BODY_GRACE_S = 10.0
 
 # What a client may send as headers, all together (nginx's default allows 32 KiB; httptools
 # sets no limit of its own)
@@ -81,18 +87,31 @@ async def read_body(
     limit: int,
 ) -> bytes:
     """The request's body; PayloadTooLargeError past ``limit`` bytes (said or sent),
+    RequestTimeoutError when it comes slower than ``BODY_GRACE_S`` and 1 KiB/s allow,
     ConnectionResetError if the client leaves first."""
+    declared = 0
     for name, value in scope["headers"]:
         if name != b"content-length":
             continue
         if not value.isdigit():
             raise BadRequestError("Content-Length must be a number of bytes.")
-        if int(value) > limit:
+        declared = int(value)
+        if declared > limit:
             raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
     parts: list[bytes] = []
     size = 0
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     while True:
-        message = await receive()
+        left = began + BODY_GRACE_S + max(declared, size) / 1024 - loop.time()
+        try:
+            async with asyncio.timeout(max(0.0, left)):  # cheaper than wait_for: no task
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"The request body came too slowly ({size} bytes in "
+                f"{loop.time() - began:.0f} s); send it at once."
+            ) from None
         if message["type"] == "http.disconnect":
             raise ConnectionResetError("client went away")
         chunk = message.get("body", b"")
