@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from offgrid.errors import NotFoundError, OffGridError, PermissionDeniedError
+from offgrid.errors import BadRequestError, NotFoundError, OffGridError, PermissionDeniedError
 from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
 from offgrid.models.registry import Registry
@@ -80,7 +80,10 @@ class ImportJob:
 
 def _inside(path: Path, roots: list[Path]) -> bool:
     """Whether ``path``, symlinks resolved, lies in one of ``roots`` (resolved too)."""
-    real = path.expanduser().resolve()
+    try:
+        real = path.expanduser().resolve()
+    except (ValueError, RuntimeError) as exc:  # a NUL byte in it; a symlink loop
+        raise BadRequestError(f"{str(path)[:200]!r} is not a usable path ({exc}).") from None
     return any(real.is_relative_to(root.expanduser().resolve()) for root in roots)
 
 
