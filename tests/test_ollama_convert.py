@@ -41,11 +41,14 @@ def test_options_format_think_and_images_map_to_the_engine() -> None:
         {"model": "m", "messages": [{"content": "no role"}]},
         {"model": "m", "messages": [], "options": [1]},
         {"model": "m", "messages": [], "format": "yaml"},
+        {"model": "m", "prompt": "hi", "images": 1},  # found by bench/fuzz.py: a 500
+        {"model": "m", "prompt": "hi", "images": [7]},
     ],
 )
 def test_malformed_requests_are_refused(payload: dict[str, object]) -> None:
+    path = "/api/generate" if "prompt" in payload else "/api/chat"
     with pytest.raises(BadRequestError):
-        engine_request("/api/chat", payload, stream=False)
+        engine_request(path, payload, stream=False)
 
 
 def test_generate_with_system_and_raw() -> None:

@@ -83,6 +83,8 @@ def _message(m: object) -> dict[str, Any]:
         raise BadRequestError("A message's 'content' must be a string.", param="messages")
     out: dict[str, Any] = {"role": m["role"], "content": content}
     if images := m.get("images"):
+        if not isinstance(images, list):
+            raise BadRequestError("'images' must be a list of base64 strings.", param="images")
         out["content"] = [{"type": "text", "text": content}, *map(_image_part, images)]
     if calls := m.get("tool_calls"):
         out["tool_calls"] = [
