@@ -37,7 +37,7 @@ def test_a_name_that_is_no_hub_repository_is_a_400(url: str, repo: str) -> None:
     assert "repositor" in ollama.json()["error"]
 
 
-@pytest.mark.parametrize("rate", ["NUL", "12XB", -5, [], {"a": 1}, True])
+@pytest.mark.parametrize("rate", ["NUL", "12XB", -5, [], {"a": 1}, True, "inf", "nan", "1e400"])
 def test_a_rate_that_is_no_size_is_a_400_naming_the_field(url: str, rate: object) -> None:
     got = requests.post(url + "/api/pulls", json={"repo": "a/b", "limit_rate": rate}, timeout=30)
     assert got.status_code == 400, got.text
@@ -51,7 +51,7 @@ def test_an_unreachable_hub_is_a_503_not_a_500(url: str) -> None:
     assert got.status_code == 400  # a limit out of range is refused before the Hub is asked
 
 
-@pytest.mark.parametrize("keep_alive", ["soon", [], "5 parsecs"])
+@pytest.mark.parametrize("keep_alive", ["soon", [], "5 parsecs", "inf", "nan"])
 def test_a_keep_alive_that_is_no_duration_is_a_400(url: str, keep_alive: object) -> None:
     got = requests.post(
         url + "/api/models/anything/load", json={"keep_alive": keep_alive}, timeout=30
@@ -135,3 +135,29 @@ def test_an_import_runs_as_a_job_with_progress(importing: tuple[Path, str]) -> N
         j["id"] for j in requests.get(f"{url}/api/imports", timeout=10).json()["imports"]
     }
     assert requests.get(f"{url}/api/imports/nope", timeout=10).status_code == 404
+
+
+def test_a_link_inside_an_allowed_folder_that_points_out_is_refused(
+    importing: tuple[Path, str], model_store: Path
+) -> None:
+    drop, url = importing
+    folder = drop / "stick"
+    folder.mkdir(exist_ok=True)
+    (folder / "linked.gguf").unlink(missing_ok=True)
+    (folder / "linked.gguf").symlink_to(model_store / f"{STARTER_ID}.gguf")
+    got = requests.post(url + "/api/models/import", json={"source": str(folder)}, timeout=60)
+    assert got.status_code == 200, got.text
+    [result] = got.json()["results"]
+    assert result["status"] == "refused" and "outside" in result["detail"], result
+
+
+def test_a_keep_alive_that_is_not_finite_is_a_400_on_the_inference_routes(url: str) -> None:
+    for keep_alive in ('"inf"', '"nan"', "1e400"):  # the last: a number JSON allows
+        body = f'{{"model": "m", "messages": [], "keep_alive": {keep_alive}}}'
+        got = requests.post(
+            url + "/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert got.status_code == 400 and got.json()["error"]["param"] == "keep_alive"

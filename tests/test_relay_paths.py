@@ -3,6 +3,7 @@ plain ASGI fallback (any other server, here uvicorn's h11), including engine fai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,6 +117,10 @@ def test_a_client_that_stops_reading_a_stream_is_dropped_and_frees_its_slot(
         )  # and never read what comes back
         wait_for(lambda: _ps(relay_url).get("active_requests") == 1, 10, "the stream to start")
         wait_for(lambda: _ps(relay_url).get("active_requests") == 0, 20, "the slot to be freed")
+        sock.settimeout(10)  # and the connection is dropped: the reads end, none blocks
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(1 << 16):
+                pass
     assert len(sse_events(relay_url, max_tokens=3)) == 4  # and the next request works
 
 
@@ -140,6 +145,10 @@ def test_a_body_sent_a_byte_at_a_time_times_out_with_a_408(
                 continue
             if answer:
                 break
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert time.monotonic() - started < 3
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert time.monotonic() - started < 3
+        sock.settimeout(5)  # the server ends the connection: the rest is never read
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(4096):
+                pass
     assert _ps(relay_url).get("active_requests", 0) == 0

@@ -94,6 +94,9 @@ class PayloadTooLargeError(BadRequestError):
     status = 413
     code = "request_too_large"
 
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body is not read: end the connection
+
 
 class HeadersTooLargeError(BadRequestError):
     status = 431
@@ -103,6 +106,9 @@ class HeadersTooLargeError(BadRequestError):
 class RequestTimeoutError(BadRequestError):
     status = 408
     code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # else the slow sender keeps its connection
 
 
 class IncompleteGGUFError(BadRequestError):

@@ -3,6 +3,8 @@ them (``98.4 MB``): for settings, flags, request fields and messages."""
 
 from __future__ import annotations
 
+import math
+
 from offgrid.errors import ConfigError
 
 __all__ = ["human_size", "parse_duration", "parse_size"]
@@ -16,6 +18,8 @@ def parse_size(value: str | int) -> int:
     try:
         size = float(number) * scale
     except ValueError:
+        size = math.nan
+    if not math.isfinite(size):  # "inf" and "nan" are floats, not sizes
         raise ConfigError(f"'{value}' is not a size: use bytes or 512MiB, 12GiB") from None
     if size < 0:
         raise ConfigError(f"'{value}' is not a size: it is negative")
@@ -42,8 +46,11 @@ def parse_duration(value: str | float) -> float:
     else:
         number, scale = text, 1.0
     try:
-        return float(number) * scale
+        seconds = float(number) * scale
     except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):  # "inf" and "nan" are floats, not durations
         raise ConfigError(
             f"'{value}' is not a duration: use seconds or 30s, 5m, 1h (0 = now, -1 = never)"
         ) from None
+    return seconds

@@ -9,6 +9,7 @@ request. Without python-multipart: the stdlib's MIME parser reads the form.
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 
@@ -72,7 +73,7 @@ async def transcriptions(request: Request, runtime: RuntimeDep) -> Response:
     """Transcribe an audio file with a model that has an audio projector."""
     body = await read_body(request.scope, request.receive, runtime.settings.max_request_bytes)
     content_type = request.headers.get("content-type", "")
-    fields = form_fields(content_type, body)
+    fields = await asyncio.to_thread(form_fields, content_type, body)  # up to 32 MiB of MIME
     if not fields.get("model"):
         raise BadRequestError("'model' is required: the id of an installed model.", param="model")
     if "file:file" not in fields:

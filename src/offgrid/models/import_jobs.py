@@ -11,9 +11,10 @@ wait for its outcome or take its id and ask ``/api/imports/{id}`` how far it got
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from offgrid.errors import BadRequestError, NotFoundError, OffGridError, Permiss
 from offgrid.models.importer import import_found
 from offgrid.models.keys import Keys
 from offgrid.models.registry import Registry
-from offgrid.models.sources import find_candidates
+from offgrid.models.sources import Found, find_candidates
 
 __all__ = ["ImportJob", "ImportJobs", "ImportOrder"]
 
 _KEEP_ENDED = 32  # ended jobs kept for /api/imports
+
+log = logging.getLogger("offgrid.models")
 
 
 @dataclass(frozen=True)
@@ -100,13 +103,17 @@ class ImportJobs:
         """Check that ``order`` reads only from allowed folders, then run it as a job."""
         for path in filter(None, (order.source, order.ollama_dir)):
             if not _inside(Path(path), self.roots):
-                allowed = ", ".join(str(r) for r in self.roots)
                 raise PermissionDeniedError(
-                    f"The server imports only from {allowed}; {path!r} is not in them. "
-                    "Copy the files into one of these (or add its folder to "
+                    f"The server imports only from {self._allowed()}; {path!r} is not in "
+                    "them. Copy the files into one of these (or add its folder to "
                     "OFFGRID_IMPORT_DIRS), or run `offgrid import` on the machine itself."
                 )
-        job = ImportJob(secrets.token_hex(6), order)
+        resolved = replace(  # what was checked is what is read, even if a link changes
+            order,
+            source=str(Path(order.source).expanduser().resolve()),
+            ollama_dir=str(Path(order.ollama_dir).resolve()) if order.ollama_dir else None,
+        )
+        job = ImportJob(secrets.token_hex(6), resolved)
         self._forget_old()
         self._jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job))
@@ -119,6 +126,21 @@ class ImportJobs:
         if job.error is not None:
             raise job.error
         return job
+
+    def _allowed(self) -> str:
+        return ", ".join(str(r) for r in self.roots)
+
+    def _outside(self, found: Found) -> None:
+        """Refuse the files of ``found`` that lie outside the allowed folders (a link inside
+        a folder, pointing out of it, reads a file from anywhere)."""
+        kept = []
+        for cand in found.candidates:
+            paths = [cand.path, *([cand.projector.path] if cand.projector else [])]
+            if all(_inside(p, self.roots) for p in paths):
+                kept.append(cand)
+            else:
+                found.refused.append((cand.path, f"it lies outside {self._allowed()}"))
+        found.candidates = kept
 
     def get(self, job_id: str) -> ImportJob:
         job = self._jobs.get(job_id)
@@ -145,6 +167,7 @@ class ImportJobs:
                 allow_untrusted=order.allow_untrusted,
                 ollama_dir=Path(order.ollama_dir) if order.ollama_dir else None,
             )
+            self._outside(found)
             job.note, job.passed_over = found.note, [str(p) for p in found.passed_over]
             for report in import_found(
                 self.registry, found, link=order.link, name=order.name, progress=job
@@ -156,6 +179,10 @@ class ImportJobs:
             job.status = "done"
         except OffGridError as exc:
             job.status, job.error = "failed", exc
+        except Exception as exc:  # a disk error, a bug: the job ends all the same
+            log.exception("import %s failed", job.id)
+            job.status = "failed"
+            job.error = OffGridError(f"The import failed ({type(exc).__name__}: {exc}).")
 
     def _forget_old(self) -> None:
         ended = [i for i, j in self._jobs.items() if j.status != "running"]

@@ -203,23 +203,30 @@ async def _splice(stream: Stream, target: tuple[Any, Any], send: Send, dialect: 
 
 
 async def _send_pieces(stream: Stream, send: Send, dialect: Dialect) -> int:
-    """Relay a streamed answer through ASGI ``send`` (servers other than uvicorn's httptools)."""
+    """Relay a streamed answer through ASGI ``send`` (servers other than uvicorn's httptools,
+    and Anthropic's streams); 499 when the client stopped reading and was dropped."""
+
+    async def deliver(body: bytes, more: bool = True) -> None:
+        async with asyncio.timeout(STALLED_S):  # a client that stopped reading
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
     pieces = stream.pieces()
     if dialect == "anthropic":
         pieces = message_started(pieces, stream.model_id)
     try:
-        async for piece in pieces:
-            async with asyncio.timeout(STALLED_S):  # a client that stopped reading
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        try:
+            async for piece in pieces:
+                await deliver(piece)
+        except OffGridError as exc:  # the engine died or the connection broke mid-stream
+            await deliver(error_event(exc, dialect))
+        await deliver(b"", more=False)
     except TimeoutError:
-        stream.close()  # the engine stops; the server closes the unfinished response
+        stream.close()  # the engine stops generating
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is not None:  # a graceful close would wait for it to read
+            transport.abort()
         return 499
-    except OffGridError as exc:  # the engine died or the connection broke mid-stream
-        await send(
-            {"type": "http.response.body", "body": error_event(exc, dialect), "more_body": True}
-        )
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
     return 200
 
 
@@ -231,9 +238,16 @@ async def message_started(pieces: AsyncIterator[bytes], model_id: str) -> AsyncI
     nothing is sent for it and the stream begins at ``content_block_start``, which the
     ``anthropic`` SDK cannot read (1 stream in about 50 here). Then one is made up.
     """
-    first = True
+    head, decided = b"", False
     async for piece in pieces:
-        if first and not piece.startswith(b"event: message_start"):
+        if decided:
+            yield piece
+            continue
+        head += piece  # a read may hold part of an event: decide on the first whole one
+        if b"\n\n" not in head:
+            continue
+        decided = True
+        if not head.startswith(b"event: message_start"):
             message: dict[str, object] = {
                 "id": f"msg_{secrets.token_hex(12)}",
                 "type": "message",
@@ -246,5 +260,6 @@ async def message_started(pieces: AsyncIterator[bytes], model_id: str) -> AsyncI
             }
             start = json.dumps({"type": "message_start", "message": message})
             yield b"event: message_start\ndata: " + start.encode() + b"\n\n"
-        first = False
-        yield piece
+        yield head
+    if not decided and head:
+        yield head

@@ -174,7 +174,12 @@ class Relay:
 # common/chat.cpp, its JSON library; found by tests/test_fuzz.py). It answers 500 for every
 # exception but ``invalid_argument``, and these are raised by nothing but the request.
 _REQUEST_ERRORS = (
-    "[json.exception.",  # a number where a string must be, tools that is not an array
+    # its JSON library reading the request: malformed JSON, a number where a string must
+    # be, tools that is not an array, a missing key (not type_error.316: invalid UTF-8 in
+    # what the engine itself writes)
+    "[json.exception.parse_error",
+    "[json.exception.type_error.30",
+    "[json.exception.out_of_range.40",
     "Failed to parse messages",
     "Failed to parse tools",
     '"prompt" ',  # embedding or completion input of the wrong shape, or empty

@@ -21,8 +21,8 @@ from offgrid.units import parse_duration
 
 __all__ = ["ROUTES", "ProxyRequest", "check_header_size", "parse_request", "read_body"]
 
-# How long a body may take to arrive: this, and a second more for each KiB of it (a slow
-# link sends far faster; a client sending a byte a second would hold its connection for ever)
+# How long a body may take to arrive: this, and a second more for each KiB that came (a
+# slow link sends far faster; a client sending a byte a second would hold its connection)
 BODY_GRACE_S = 10.0
 
 # What a client may send as headers, all together (nginx's default allows 32 KiB; httptools
@@ -89,21 +89,19 @@ async def read_body(
     """The request's body; PayloadTooLargeError past ``limit`` bytes (said or sent),
     RequestTimeoutError when it comes slower than ``BODY_GRACE_S`` and 1 KiB/s allow,
     ConnectionResetError if the client leaves first."""
-    declared = 0
     for name, value in scope["headers"]:
         if name != b"content-length":
             continue
         if not value.isdigit():
             raise BadRequestError("Content-Length must be a number of bytes.")
-        declared = int(value)
-        if declared > limit:
+        if int(value) > limit:
             raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
     parts: list[bytes] = []
     size = 0
     loop = asyncio.get_running_loop()
     began = loop.time()
     while True:
-        left = began + BODY_GRACE_S + max(declared, size) / 1024 - loop.time()
+        left = began + BODY_GRACE_S + size / 1024 - loop.time()
         try:
             async with asyncio.timeout(max(0.0, left)):  # cheaper than wait_for: no task
                 message = await receive()
