@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -201,3 +202,43 @@ def test_engine_killed_with_dead_pooled_sockets_next_request_succeeds(
         assert resp.choices[0].message.content is not None
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("when", ["mid-load", "mid-stream"])
+def test_a_server_killed_mid_load_or_mid_stream_restarts_clean(
+    when: str, tmp_path: Path, engine_binary: EngineBinary, model_store: Path
+) -> None:
+    """Issue 18: SIGKILL of the server itself (no cleanup at all) while an engine loads or
+    streams: its engine dies with it, the next start on the same data is clean (registry
+    intact by SQLite's own check) and serves."""
+    models = link_models(
+        model_store, tmp_path / "models", {f"{STARTER_ID}.gguf": f"{STARTER_ID}.gguf"}
+    )
+    srv = start_server(tmp_path, models, engine_binary)
+    if when == "mid-load":
+        body = {"model": STARTER_ID, "messages": HELLO, "max_tokens": 2}
+        with ThreadPoolExecutor(1) as pool:  # a request that makes the engine load
+            pool.submit(requests.post, f"{srv.url}/v1/chat/completions", json=body, timeout=60)
+            server = psutil.Process(srv.proc.pid)  # killed the moment its engine is spawned
+            children = set(wait_for(lambda: {c.pid for c in server.children()}, 30, "a load"))
+            srv.stop(signal.SIGKILL)
+    else:
+        children = set()
+        for n, _line in enumerate(stream_data(srv.url, STARTER_ID, max_tokens=500)):
+            if n == 3:
+                children = {srv.engine_pid(STARTER_ID)}
+                srv.stop(signal.SIGKILL)
+                break
+    assert children, "an engine was running"
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in children), 15, "the engine to die")
+    index = tmp_path / "home" / ".local" / "share" / "offgrid" / "registry.sqlite"
+    with sqlite3.connect(index) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    again = start_server(tmp_path, models, engine_binary)
+    try:
+        reply = again.client().chat.completions.create(
+            model=STARTER_ID, messages=HELLO, max_tokens=2
+        )
+        assert reply.choices[0].message.content is not None
+    finally:
+        again.stop()
