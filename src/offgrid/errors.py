@@ -90,12 +90,17 @@ class BadRequestError(OffGridError):
     type = "invalid_request_error"
 
 
-class PayloadTooLargeError(BadRequestError):
-    status = 413
-    code = "request_too_large"
+class _EndsConnection(BadRequestError):
+    """A refusal before the body was read whole: the connection ends with it (the server
+    would otherwise keep it open for the rest of the body, however slowly it comes)."""
 
     def headers(self) -> dict[str, str]:
-        return {"Connection": "close"}  # the rest of the body is not read: end the connection
+        return {"Connection": "close"}
+
+
+class PayloadTooLargeError(_EndsConnection):
+    status = 413
+    code = "request_too_large"
 
 
 class HeadersTooLargeError(BadRequestError):
@@ -103,12 +108,9 @@ class HeadersTooLargeError(BadRequestError):
     code = "request_header_fields_too_large"
 
 
-class RequestTimeoutError(BadRequestError):
+class RequestTimeoutError(_EndsConnection):
     status = 408
     code = "request_timeout"
-
-    def headers(self) -> dict[str, str]:
-        return {"Connection": "close"}  # else the slow sender keeps its connection
 
 
 class IncompleteGGUFError(BadRequestError):
