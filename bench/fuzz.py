@@ -19,11 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import REAL_ENV, STARTER_ID, link_models, start_server
-from fuzz import fuzz
+from fuzz import SERVER_ENV, fuzz_then_chat
 from offgrid.config import load_settings
 from offgrid.engine.build import find_engine
 from offgrid.models.starter import STARTER, place_model
-from test_fuzz import SKIP
 
 
 def main() -> None:
@@ -36,26 +35,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="offgrid-fuzz-"))
     (tmp / "home").mkdir()
     models = link_models(store, tmp / "m", {STARTER.file_name: STARTER.file_name})
-    srv = start_server(
-        tmp,
-        models,
-        find_engine(settings),
-        OFFGRID_MAX_CONTEXT="512",
-        HF_ENDPOINT="http://127.0.0.1:9",
-    )
+    env = {**SERVER_ENV, "OFFGRID_MAX_CONTEXT": "512"}  # as the quoted runs had it
+    srv = start_server(tmp, models, find_engine(settings), **env)
     began = time.monotonic()
     try:
-        report = fuzz(
-            srv.url,
-            per_operation=args.per_operation,
-            models=[STARTER_ID],
-            skip=SKIP,
-            derandomize=False,
+        report, alive = fuzz_then_chat(
+            srv, STARTER_ID, per_operation=args.per_operation, derandomize=False
         )
-        chat = srv.client().chat.completions.create(
-            model=STARTER_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-        )
-        alive = chat.choices[0].message.content is not None
     finally:
         srv.stop()
     print(f"{report.summary()} in {time.monotonic() - began:.0f} s on {os.cpu_count()} cores")

@@ -24,7 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-__all__ = ["FuzzReport", "fuzz"]
+__all__ = ["SERVER_ENV", "SKIP", "FuzzReport", "fuzz", "fuzz_then_chat"]
+
+# The fuzzed server: short generations whatever max_tokens says, a Hub that cannot be
+# reached (503, as meant)
+SERVER_ENV = {"OFFGRID_MAX_CONTEXT": "128", "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+# What a fuzzer must not do to the shared machine: remove the model it fuzzes with
+SKIP = ("DELETE /api/models/{model_id}", "DELETE /api/delete")
 
 
 @dataclass
@@ -116,3 +123,12 @@ def _fuzz_one(
 
     with contextlib.suppress(Unsatisfiable):  # a schema that no example can break
         one()
+
+
+def fuzz_then_chat(server: Any, model: str, **options: Any) -> tuple[FuzzReport, bool]:
+    """``fuzz`` a test server (``conftest.Server``), then whether it still chats."""
+    report = fuzz(server.url, models=[model], skip=SKIP, **options)
+    chat = server.client().chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    return report, chat.choices[0].message.content is not None
