@@ -82,6 +82,11 @@ class Settings:
     model_settings: str = ""
     insecure_no_auth: bool = False
     api_key: str = field(default="", repr=False)  # a secret: never in a repr or a log
+    p2p: bool = False
+    p2p_host: str = "0.0.0.0"
+    p2p_port: int = 11612
+    p2p_token: str = field(default="", repr=False)  # a secret, like api_key
+    node_name: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, **values: Any) -> Settings:
@@ -250,9 +255,24 @@ FIELDS: tuple[Setting, ...] = (
         "client.api_key",
         "The API key the offgrid CLI sends to the server (never printed)",
     ),
+    Setting(
+        "p2p",
+        "OFFGRID_P2P",
+        "p2p.enabled",
+        "Take part in the LAN: the peer listener, DNS-SD discovery, pairing (off: loopback only)",
+    ),
+    Setting("p2p_host", "OFFGRID_P2P_HOST", "p2p.host", "Bind address of the peer listener"),
+    Setting("p2p_port", "OFFGRID_P2P_PORT", "p2p.port", "Port of the peer listener (mutual TLS)"),
+    Setting(
+        "p2p_token",
+        "OFFGRID_P2P_TOKEN",
+        "p2p.token",
+        "A fleet's pairing secret: nodes that present it pair with no code (never printed)",
+    ),
+    Setting("node_name", "OFFGRID_NODE_NAME", "p2p.node_name", "This node's name (the hostname)"),
 )
 
-SECRETS = frozenset({"api_key"})  # never printed or logged
+SECRETS = frozenset({"api_key", "p2p_token"})  # never printed or logged
 
 MODEL_SETTING_KEYS = {"context_size", "parallel", "threads", "gpu_layers", "extra_args"}
 

@@ -1,8 +1,9 @@
 """The one runtime of a server: every long-lived part, built from the settings.
 
     Settings ─ Registry (models) ─ Scheduler (engines) ─ Relay (requests to engines)
-            └ Guard (API keys), Pulls (Hub downloads), ImportJobs (imports asked over the
-              API), Metrics, the models folders' watch
+            └ Guard (API keys), Pulls (Hub and peer downloads), ImportJobs (imports asked
+              over the API), Metrics, the models folders' watch, and with P2P on the
+              LAN Node (``p2p.node``: pairing, the peer listener, discovery)
 
 ``Runtime.start(settings)`` builds and starts them (the app's lifespan calls it);
 ``close()`` stops them in reverse order, every engine included, so a stopped server
@@ -31,11 +32,13 @@ from offgrid.engine.plan import (
     plan_placement,
     scheduler_policy,
 )
+from offgrid.errors import BadRequestError
 from offgrid.hub.pulls import Pulls
 from offgrid.models.aliases import load_aliases
 from offgrid.models.import_jobs import ImportJobs
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.models.watcher import watch_folders
+from offgrid.p2p import Node
 from offgrid.placement import Memory
 from offgrid.resources import available_memory, gpu_free_memory
 from offgrid.scheduler import Scheduler
@@ -58,6 +61,7 @@ class Runtime:
     metrics: Metrics
     guard: Guard
     aliases: dict[str, str]  # copies (``models.aliases``), then the config's on top
+    p2p: Node | None  # with P2P on
     _stop_watch: asyncio.Event
     _watch: asyncio.Task[None]
 
@@ -90,6 +94,7 @@ class Runtime:
         )
         pulls = Pulls(registry)
         imports = ImportJobs(registry, settings.data_dir / "keys", settings.import_roots)
+        p2p = await Node.start(settings, registry, pulls) if settings.p2p else None
         metrics.start()  # the history's timer, stopped by close()
         return cls(
             settings,
@@ -101,6 +106,7 @@ class Runtime:
             metrics,
             guard,
             aliases,
+            p2p,
             stop_watch,
             watch,
         )
@@ -114,12 +120,25 @@ class Runtime:
         async def registry() -> None:
             self.registry.close()
 
-        steps = (lambda: self._watch, self.pulls.close, self.imports.close, self.scheduler.close)
-        for step in (*steps, self.relay.close, registry):
+        async def p2p() -> None:
+            if self.p2p is not None:
+                await self.p2p.close()
+
+        steps = (lambda: self._watch, self.pulls.close, self.imports.close, p2p)
+        for step in (*steps, self.scheduler.close, self.relay.close, registry):
             try:
                 await step()
             except Exception:
                 log.exception("while stopping the server")
+
+    def lan(self) -> Node:
+        """The LAN side, or a 400 that says how to switch it on."""
+        if self.p2p is None:
+            raise BadRequestError(
+                "P2P is off on this node: start it with OFFGRID_P2P=1 (or p2p.enabled: true in "
+                "the config) to pair with peers and share models over the LAN."
+            )
+        return self.p2p
 
     def resolve(self, name: str) -> str:
         """The model id a client's name stands for: an alias's model, else the name itself

@@ -20,6 +20,7 @@ from offgrid.api.health_routes import router as health_router
 from offgrid.api.hub_routes import router as hub_router
 from offgrid.api.ollama.routes import router as ollama_router
 from offgrid.api.openai_routes import router as openai_router
+from offgrid.api.peer_routes import router as peer_router
 from offgrid.api.proxied_schema import document_proxied_routes
 from offgrid.api.relay.passthrough import ProxyApp
 from offgrid.api.stats_routes import router as stats_router
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> ProxyApp:
     app.include_router(admin_router)
     app.include_router(ollama_router)
     app.include_router(hub_router)
+    app.include_router(peer_router)
     app.include_router(stats_router)
     app.include_router(ui_router)
     app.mount("/ui/static", static_files(), name="ui-static")

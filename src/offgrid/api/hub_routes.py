@@ -31,10 +31,12 @@ router = APIRouter(prefix="/api")
 
 
 class PullRequest(BaseModel):
-    """What to download: a Hub ``repo`` (with ``file`` or ``quant``), or a ``catalog`` id
-    (with ``quant``)."""
+    """What to download: a Hub ``repo`` (with ``file`` or ``quant``), a ``catalog`` id
+    (with ``quant``), or a paired ``peer``'s ``model``."""
 
     repo: str | None = None
+    peer: str | None = None
+    model: str | None = None
     file: str | None = None
     quant: str | None = None
     catalog: str | None = None
@@ -65,8 +67,14 @@ async def catalog_models(runtime: RuntimeDep) -> dict[str, Any]:
 @router.post("/pulls", response_model=None)
 async def start_pull(body: PullRequest, runtime: RuntimeDep) -> StreamingResponse | JSONResponse:
     """Download a model (or join its running download); its progress as SSE."""
-    remote = await asyncio.to_thread(_resolve, body, runtime.settings)
-    pull = runtime.pulls.start(remote, rate=body.limit_rate or None)
+    rate = body.limit_rate or None
+    if body.peer:
+        if not body.model:
+            raise BadRequestError("Say which 'model' to pull from the peer.", param="model")
+        pull = await runtime.lan().pull(body.peer, body.model, rate)
+    else:
+        remote = await asyncio.to_thread(_resolve, body, runtime.settings)
+        pull = runtime.pulls.start(remote, rate=rate)
     if not body.stream:
         return JSONResponse(pull.as_dict(), status_code=202)
     return _events(runtime.pulls, pull)

@@ -58,6 +58,24 @@ def call_server(method: str, path: str, **kwargs: Any) -> Any:
     return data
 
 
+def server_events(path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """POST ``body`` to the running server and yield each server-sent event's JSON."""
+    import httpx2
+
+    settings = settings_from()
+    url = f"http://{settings.host}:{settings.port}{path}"
+    try:
+        timeout = httpx2.Timeout(None, connect=10)
+        with httpx2.stream("POST", url, json=body, timeout=timeout, headers=_auth()) as resp:
+            if resp.status_code != 200:
+                raise _api_error(resp)
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+    except httpx2.HTTPError as exc:
+        raise EngineUnavailableError(f"No OffGrid server answers at {url} ({exc}).") from exc
+
+
 def _healthy(url: str) -> bool:
     import httpx2
 

@@ -94,4 +94,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "This node's bundle-signing key and the signing keys it trusts.",
     ),
     "config": ("config_cmd:app", "Show, create or check the configuration."),
+    "peers": ("peers_cmd:app", "LAN peers: pair (a one-time code), list, forget."),
+    "pull": (
+        "peers_cmd:pull",
+        "Pull a model from a paired peer on the LAN: resumable, checked against its manifest.",
+    ),
 }

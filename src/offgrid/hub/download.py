@@ -13,7 +13,8 @@ a vision model's projector is fetched first, as ``mmproj-<model id>.gguf`` (``pa
 
 The bytes go through the ``httpx2`` client of ``huggingface_hub`` (``get_session()``), so
 downloads and the Hub's API calls (``hub.client``) share its proxies, headers and
-connections.
+connections. A paired peer is another ``Origin`` (``p2p.pull``): the same transfer, resumed
+and verified the same way, over its pinned mutual-TLS client.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +47,7 @@ from offgrid.errors import (
     NotFoundError,
     UnreachableError,
 )
-from offgrid.hub.client import TIMEOUT, HubFile, RemoteModel, auth_headers, endpoint, file_url
+from offgrid.hub.client import TIMEOUT, HubFile, RemoteModel, auth_headers, file_url
 from offgrid.models.bundle import safe_file_name
 from offgrid.models.pairing import projector_name
 
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 
     from offgrid.models.registry import Registry
 
-__all__ = ["RETRIES", "fetch_model"]
+__all__ = ["RETRIES", "Origin", "fetch_model", "hub_origin"]
 
 RETRIES = 8
 _BACKOFF_MAX = 30.0
@@ -62,6 +64,33 @@ _BACKOFF_MAX = 30.0
 
 def _quiet(_message: str) -> None:
     pass
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a model's files come from, and how to ask for them."""
+
+    name: str  # for messages: "the Hub", "peer lab-2"
+    session: httpx2.Client
+    url: Callable[[HubFile], str]
+    record: Mapping[str, str]  # the registry's origin of each file (its name added)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    denied: str = ""  # what to do when it answers 401 or 403
+
+
+def hub_origin(remote: RemoteModel) -> Origin:
+    """The Hub, through ``huggingface_hub``'s own client (not ours to close)."""
+    from huggingface_hub import get_session
+
+    return Origin(
+        "the Hub",
+        get_session(),
+        lambda f: file_url(remote.repo, remote.revision, f.name),
+        {"kind": "huggingface", "repo": remote.repo, "revision": remote.revision},
+        auth_headers(),
+        "the repository is gated or private. Accept its terms on the Hub and set HF_TOKEN "
+        "(or `hf auth login`).",
+    )
 
 
 def fetch_model(
@@ -73,15 +102,16 @@ def fetch_model(
     rate: int | None = None,
     retries: int = RETRIES,
     stop: threading.Event | None = None,
+    origin: Origin | None = None,
 ) -> bool:
     """Download ``remote`` into the models folder, verified, and register it with its
     origin. Returns False when it was there already (nothing fetched), True otherwise.
 
     ``rate`` caps the speed in bytes per second; ``notes`` hears about retries; ``stop``
-    set from another thread cancels (Cancelled), keeping what arrived.
+    set from another thread cancels (Cancelled), keeping what arrived; ``origin`` is the
+    Hub unless given.
     """
-    from huggingface_hub import get_session
-
+    source = origin or hub_origin(remote)
     folder = registry.models_dir
     folder.mkdir(parents=True, exist_ok=True)
     names = [f.base_name for f in remote.files]
@@ -94,14 +124,11 @@ def fetch_model(
         return False
     left = sum(f.size - _size(_partial(f, t)) for f, t in todo)
     check_free_space(folder, left, what=remote.model_id)
-    session = get_session()  # shared with huggingface_hub: not ours to close
     for hub_file, target in todo:
-        url = file_url(remote.repo, remote.revision, hub_file.name)
-        job = _Transfer(session, url, hub_file, target, progress, notes, rate, retries, stop)
+        job = _Transfer(source, hub_file, target, progress, notes, rate, retries, stop)
         job.run()
-    origin = {"kind": "huggingface", "repo": remote.repo, "revision": remote.revision}
     for hub_file, target in files:
-        registry.record(target, hub_file.sha256, origin={**origin, "file": hub_file.name})
+        registry.record(target, hub_file.sha256, origin={**source.record, "file": hub_file.name})
     return True
 
 
@@ -112,8 +139,8 @@ def _have(registry: Registry, hub_file: HubFile, target: Path) -> bool:
     digest = registry.vouched(target) or hash_file(target)
     if digest != hub_file.sha256:
         raise ConflictError(
-            f"{target} exists and is not {hub_file.name} (sha256 {digest[:16]}…, the Hub's "
-            f"is {hub_file.sha256[:16]}…). Remove it first (`offgrid remove`) or keep it."
+            f"{target} exists and is not {hub_file.name} (sha256 {digest[:16]}…, the one "
+            f"offered is {hub_file.sha256[:16]}…). Remove it first (`offgrid remove`) or keep it."
         )
     return True
 
@@ -135,8 +162,7 @@ class _Transfer:
 
     def __init__(
         self,
-        session: httpx2.Client,
-        url: str,
+        origin: Origin,
         hub_file: HubFile,
         target: Path,
         progress: Progress,
@@ -145,10 +171,14 @@ class _Transfer:
         retries: int,
         stop: threading.Event | None,
     ) -> None:
-        self.session, self.url, self.file, self.target = session, url, hub_file, target
+        self.origin, self.url, self.file, self.target = (
+            origin,
+            origin.url(hub_file),
+            hub_file,
+            target,
+        )
         self.progress, self.notes, self.rate, self.retries = progress, notes, rate, retries
         self.stop = stop or threading.Event()
-        self.headers = auth_headers()
         self.digest = hashlib.sha256()  # of what the partial file holds
 
     def run(self) -> None:
@@ -163,8 +193,8 @@ class _Transfer:
                 os.unlink(partial)
                 raise IntegrityError(
                     f"{self.file.name} arrived damaged: its sha256 is {actual}, "
-                    f"but the Hub says {self.file.sha256}. It was discarded and nothing was "
-                    "installed; run the same command again to fetch it anew."
+                    f"but {self.origin.name} says {self.file.sha256}. It was discarded and "
+                    "nothing was installed; run the same command again to fetch it anew."
                 )
             os.fsync(fd)
             try:
@@ -228,15 +258,16 @@ class _Transfer:
     def _attempt(self, fd: int, offset: int) -> None:
         import httpx2
 
-        headers = {**self.headers, **({"Range": f"bytes={offset}-"} if offset else {})}
+        headers = {**self.origin.headers, **({"Range": f"bytes={offset}-"} if offset else {})}
         timeout = httpx2.Timeout(None, connect=TIMEOUT[0], read=TIMEOUT[1])
-        with self.session.stream("GET", self.url, headers=headers, timeout=timeout) as resp:
+        session = self.origin.session
+        with session.stream("GET", self.url, headers=headers, timeout=timeout) as resp:
             if resp.status_code == 200 and offset:  # the server ignored the range: start over
                 os.ftruncate(fd, 0)
                 self.digest = hashlib.sha256()
                 self.progress.start(self.file.base_name, self.file.size)
             elif resp.status_code not in (200, 206):
-                _refuse(resp, self.file)
+                _refuse(resp, self.file, self.origin)
             write_hashed(self._body(resp), fd, self.digest, progress=self.progress)
 
     def _body(self, resp: httpx2.Response) -> Iterator[bytes]:
@@ -273,19 +304,18 @@ class _Retry(Exception):
     """A failure worth another attempt (the server busy or failing for now)."""
 
 
-def _refuse(resp: httpx2.Response, hub_file: HubFile) -> None:
+def _refuse(resp: httpx2.Response, hub_file: HubFile, origin: Origin) -> None:
     """Raise what an unexpected status means: worth retrying, or final."""
     status = resp.status_code
     if status == 429 or status >= 500:
         raise _Retry(f"HTTP {status}")
     if status in (401, 403):
         raise BadRequestError(
-            f"The Hub refused {hub_file.name} (HTTP {status}): the repository is gated or "
-            "private. Accept its terms on the Hub and set HF_TOKEN (or `hf auth login`)."
+            f"{origin.name} refused {hub_file.name} (HTTP {status}): {origin.denied}"
         )
     if status == 404:
-        raise NotFoundError(f"{hub_file.name} is not on the Hub at {endpoint()} any more.")
-    raise UnreachableError(f"The Hub answered HTTP {status} for {hub_file.name}.")
+        raise NotFoundError(f"{hub_file.name} is not offered by {origin.name} any more.")
+    raise UnreachableError(f"{origin.name} answered HTTP {status} for {hub_file.name}.")
 
 
 def _lock(fd: int, name: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from offgrid.errors import Cancelled, NotFoundError, OffGridError
 from offgrid.hub.client import RemoteModel
-from offgrid.hub.download import fetch_model
+from offgrid.hub.download import Origin, fetch_model
 from offgrid.models.registry import Registry
 
 __all__ = ["FINAL", "Pull", "Pulls"]
@@ -78,15 +78,18 @@ class Pulls:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchers: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {}
 
-    def start(self, remote: RemoteModel, *, rate: int | None = None) -> Pull:
-        """A pull of ``remote``: the running one if there is one, else a new one."""
+    def start(
+        self, remote: RemoteModel, *, rate: int | None = None, origin: Origin | None = None
+    ) -> Pull:
+        """A pull of ``remote`` (from the Hub, or ``origin``): the running one if there is
+        one, else a new one."""
         for pull in self._pulls.values():
             if pull.remote == remote and pull.status not in FINAL:
                 return pull
         pull = Pull(secrets.token_hex(6), remote)
         self._pulls[pull.id] = pull
         self._forget_old()
-        task = asyncio.create_task(self._run(pull, rate))
+        task = asyncio.create_task(self._run(pull, rate, origin))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return pull
@@ -128,7 +131,7 @@ class Pulls:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self, pull: Pull, rate: int | None) -> None:
+    async def _run(self, pull: Pull, rate: int | None, origin: Origin | None) -> None:
         loop = asyncio.get_running_loop()
         watcher = _Progress(pull, lambda: loop.call_soon_threadsafe(self._emit, pull))
         self._set(pull, "downloading")
@@ -141,6 +144,7 @@ class Pulls:
                 notes=watcher.note,
                 rate=rate,
                 stop=pull.stop,
+                origin=origin,
             )
             pull.done = pull.remote.size
             self._set(pull, "done" if fetched else "present")

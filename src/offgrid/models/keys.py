@@ -61,7 +61,8 @@ class Keys:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def _private(self) -> Ed25519PrivateKey:
+    def private_key(self) -> Ed25519PrivateKey:
+        """This node's private key, made on first use (readable by its owner only)."""
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -85,7 +86,7 @@ class Keys:
         from cryptography.hazmat.primitives import serialization
 
         raw = (
-            self._private()
+            self.private_key()
             .public_key()
             .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         )
@@ -96,7 +97,7 @@ class Keys:
         pkeyutl -verify -rawin`` checks, for files signed as they are (a pack's SHA256SUMS)."""
         from cryptography.hazmat.primitives import serialization
 
-        private = self._private()
+        private = self.private_key()
         pem = private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -104,7 +105,7 @@ class Keys:
 
     def sign(self, document: Mapping[str, Any]) -> dict[str, str]:
         """The signature entry for ``document``."""
-        value = self._private().sign(canonical(document))
+        value = self.private_key().sign(canonical(document))
         return {
             "algorithm": "ed25519",
             "public_key": self.public_key(),

@@ -1,0 +1,152 @@
+"""The peer listener (``p2p_host:p2p_port``, 11612 by default): everything between nodes.
+
+An aiohttp server on TLS 1.3 (``identity.server_context``). A connection that shows a
+pinned certificate is that peer's; one that shows another certificate never completes
+its handshake; one that shows none may only pair, and only while this node accepts
+pairing (the handshake is refused otherwise: ``pair.offgrid`` names it). Routes:
+
+    POST /p2p/pair                       the pairing exchange (``p2p.pairing``)
+    GET  /p2p/hello                      name, version, fingerprint, models, load
+    GET  /p2p/manifest                   the signed list of models and files (``manifest``)
+    GET  /p2p/models/{model}/{file}      a model's file, with HTTP Range (resumable pulls)
+
+A peer forgotten while connected is refused at its next request, not only its next
+handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from offgrid.errors import BadRequestError, OffGridError, PermissionDeniedError
+from offgrid.p2p.identity import PAIRING_NAME, fingerprint
+from offgrid.p2p.pairing import proof
+from offgrid.p2p.peers import NAME
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from offgrid.p2p.node import Node
+
+__all__ = ["Listener"]
+
+log = logging.getLogger("offgrid.p2p")
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+def _error(exc: OffGridError) -> web.Response:
+    from aiohttp import web
+
+    body = {"error": {"message": exc.message, "type": exc.type, "code": exc.code}}
+    return web.json_response(body, status=exc.status)
+
+
+class Listener:
+    """The peer listener of one node; ``start()`` binds it, ``close()`` stops it."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        from aiohttp import web
+
+        app = web.Application(middlewares=[self._peer_only], client_max_size=64 * 1024)
+        app.router.add_post("/p2p/pair", self._pair)
+        app.router.add_get("/p2p/hello", self._hello)
+        app.router.add_get("/p2p/manifest", self._manifest)
+        app.router.add_get("/p2p/models/{model}/{file}", self._file)
+        ctx = self.node.server_context()
+        pinned = ctx.sni_callback
+
+        def sni(conn: ssl.SSLObject, name: str | None, base: ssl.SSLContext) -> int | None:
+            if name == PAIRING_NAME and not self.node.pairing.accepts():
+                return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
+            return pinned(conn, name, base) if pinned else None
+
+        ctx.sni_callback = sni
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ctx, shutdown_timeout=1.0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        log.info("peer listener on %s:%d (mutual TLS)", host, self.port)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @staticmethod
+    def _peer_cert(request: web.Request) -> bytes | None:
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        return ssl_object.getpeercert(binary_form=True) if ssl_object else None
+
+    async def _peer_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every route but pairing is for a paired peer's certificate; errors in our shape."""
+        try:
+            if request.path != "/p2p/pair":
+                der = self._peer_cert(request)
+                peer = self.node.peers.by_fingerprint(fingerprint(der)) if der else None
+                if peer is None:
+                    raise PermissionDeniedError("This node does not know you: pair first.")
+                request["peer"] = peer
+            return await handler(request)
+        except OffGridError as exc:
+            return _error(exc)
+
+    _peer_only.__middleware_version__ = 1  # type: ignore[attr-defined]
+
+    async def _pair(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise BadRequestError("The pairing request is not JSON") from exc
+        if not isinstance(body, dict):
+            raise BadRequestError("The pairing request is not an object")
+        name, cert, nonce, their = (
+            str(body.get(k, "")) for k in ("name", "cert", "nonce", "proof")
+        )
+        port = body.get("port")
+        if not NAME.match(name) or not isinstance(port, int) or not 0 < port < 65536:
+            raise BadRequestError("The pairing request needs a node name and a port")
+        try:
+            client_fp = fingerprint(cert)
+        except ValueError as exc:
+            raise BadRequestError("The pairing request carries no certificate") from exc
+        me = self.node.identity
+        # scrypt: off the loop
+        key = await asyncio.to_thread(
+            self.node.pairing.check, me.fingerprint, client_fp, nonce, their
+        )
+        host = request.remote or ""
+        peer = self.node.trust(name, cert, client_fp, host, port)
+        log.info("paired with %s (%s…) at %s", peer.name, client_fp[:16], peer.address)
+        answer = proof(key, "server", me.fingerprint, client_fp, nonce)
+        return web.json_response({"name": me.name, "cert": me.cert_pem, "proof": answer})
+
+    async def _hello(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        return web.json_response(self.node.hello())
+
+    async def _manifest(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        return web.json_response(await asyncio.to_thread(self.node.manifest))
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        from offgrid.p2p.manifest import served_file
+
+        model, name = request.match_info["model"], request.match_info["file"]
+        path = await asyncio.to_thread(served_file, self.node.registry, model, name)
+        log.info("peer %s pulls %s", request["peer"].name, path.name)
+        return web.FileResponse(path, chunk_size=1024 * 1024)

@@ -1,0 +1,154 @@
+"""This node on the LAN: its identity, the peers it trusts, pairing, the peer listener,
+discovery, and pulls from peers. Built by the runtime only when P2P is on; with it off,
+nothing of this runs and nothing listens beyond loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+from urllib.parse import quote
+
+from offgrid import __version__
+from offgrid.config import Settings
+from offgrid.hub.download import Origin
+from offgrid.hub.pulls import Pull, Pulls
+from offgrid.models.keys import Keys
+from offgrid.models.registry import Registry
+from offgrid.p2p.client import PeerClient, address_of, pair
+from offgrid.p2p.discovery import Discovery, Seen
+from offgrid.p2p.identity import Identity, server_context
+from offgrid.p2p.listener import Listener
+from offgrid.p2p.manifest import build, remote_model
+from offgrid.p2p.pairing import Pairing
+from offgrid.p2p.peers import NAME, Peer, PeerStore
+
+__all__ = ["Node", "node_name"]
+
+log = logging.getLogger("offgrid.p2p")
+
+
+def node_name(settings: Settings) -> str:
+    """The name this node goes by: the setting, else the host's name (made safe)."""
+    name = settings.node_name or socket.gethostname().split(".")[0]
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.")
+    return safe if NAME.match(safe) else "offgrid"
+
+
+class Node:
+    """The LAN side of a server; ``await Node.start(...)``, then ``close()``."""
+
+    def __init__(self, settings: Settings, registry: Registry, pulls: Pulls) -> None:
+        self.settings, self.registry, self.pulls = settings, registry, pulls
+        self.keys = Keys(settings.data_dir / "keys")
+        self.identity = Identity.load(self.keys, node_name(settings))
+        self.peers = PeerStore(settings.data_dir / "p2p" / "peers.json")
+        self.pairing = Pairing(settings.p2p_token)
+        self.listener = Listener(self)
+        self.discovery: Discovery | None = None
+        self._clients: dict[str, PeerClient] = {}  # by fingerprint, for pulls
+
+    @classmethod
+    async def start(cls, settings: Settings, registry: Registry, pulls: Pulls) -> Node:
+        node = await asyncio.to_thread(cls, settings, registry, pulls)
+        await node.listener.start(settings.p2p_host, settings.p2p_port)
+        node.discovery = Discovery(
+            node.identity.name,
+            node.identity.fingerprint,
+            settings.p2p_host,
+            node.listener.port,
+            node._heard,
+        )
+        try:
+            await node.discovery.start()
+        except OSError as exc:  # no multicast here: peers by address still work
+            log.warning("LAN discovery is off: %s", exc)
+            node.discovery = None
+        return node
+
+    async def close(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.close()
+        await self.listener.close()
+        for client in self._clients.values():
+            client.close()
+
+    def server_context(self) -> Any:
+        return server_context(self.identity, self.peers.certs)
+
+    def _heard(self, seen: Seen) -> None:
+        self.peers.seen_at(seen.fingerprint, seen.address)
+
+    # -- what peers ask of this node ---------------------------------------------------
+    def trust(self, name: str, cert: str, fingerprint: str, host: str, port: int) -> Peer:
+        return self.peers.add(name, cert, fingerprint, address_of(host, port))
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "name": self.identity.name,
+            "version": __version__,
+            "fingerprint": self.identity.fingerprint,
+            "models": len(self.registry.list()),
+        }
+
+    def manifest(self) -> dict[str, Any]:
+        return build(self.registry, self.keys, self.identity.name)
+
+    # -- what the admin asks (``/api/peers``) --------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """This node, its paired peers, and the nodes heard on the LAN not paired yet."""
+        heard = {s.fingerprint: s for s in (self.discovery.list() if self.discovery else [])}
+        peers = [p.public() | {"seen": p.fingerprint in heard} for p in self.peers.list()]
+        unpaired = [s.as_dict() for fp, s in heard.items() if self.peers.by_fingerprint(fp) is None]
+        return {
+            "enabled": True,
+            "node": {
+                "name": self.identity.name,
+                "fingerprint": self.identity.fingerprint,
+                "port": self.listener.port,
+                "discovery": self.discovery is not None,
+            },
+            "pairing": self.pairing.state(),
+            "peers": peers,
+            "discovered": unpaired,
+        }
+
+    async def pair_with(self, address: str, secret: str) -> Peer:
+        """Pair with the node at ``address`` (its code or the fleet token) and pin it."""
+        other = await asyncio.to_thread(pair, self.identity, address, secret, self.listener.port)
+        return self.peers.add(other["name"], other["cert"], other["fingerprint"], other["address"])
+
+    def forget(self, name: str) -> Peer:
+        peer = self.peers.forget(name)
+        client = self._clients.pop(peer.fingerprint, None)
+        if client is not None:
+            client.close()
+        return peer
+
+    def client(self, name: str) -> PeerClient:
+        """The mutual-TLS client of a paired peer (kept, and dropped when it is forgotten)."""
+        peer = self.peers.get(name)
+        client = self._clients.get(peer.fingerprint)
+        if client is None or client.peer != peer:
+            if client is not None:
+                client.close()
+            client = self._clients[peer.fingerprint] = PeerClient(self.identity, peer)
+        return client
+
+    async def pull(self, name: str, model_id: str, rate: int | None = None) -> Pull:
+        """Start pulling ``model_id`` from the peer ``name``: its signed manifest read
+        first, each file then resumed, verified and registered as a Hub pull is."""
+        client = self.client(name)
+        peer = client.peer
+        manifest = await asyncio.to_thread(client.get, "/p2p/manifest")
+        remote = remote_model(manifest, peer.cert, peer.name, model_id)
+        origin = Origin(
+            f"peer {peer.name}",
+            client.session,
+            lambda f: client.url(f"/p2p/models/{quote(model_id, safe='')}/{quote(f.name)}"),
+            {"kind": "peer", "peer": peer.name, "fingerprint": peer.fingerprint},
+            denied="it does not trust this node any more; pair again.",
+        )
+        return self.pulls.start(remote, rate=rate, origin=origin)
