@@ -125,19 +125,25 @@ def _trusting(me: Identity, pinned: Iterable[str]) -> ssl.SSLContext:
     return ctx
 
 
-def server_context(me: Identity, pinned: Callable[[], Iterable[str]]) -> ssl.SSLContext:
-    """The listener's context: each handshake verifies against ``pinned()`` as it is then."""
+def server_context(
+    me: Identity, pinned: Callable[[], Iterable[str]], pairing: Callable[[], bool]
+) -> ssl.SSLContext:
+    """The listener's context: each handshake verifies against ``pinned()`` as it is then;
+    one that asks to pair is refused unless ``pairing()`` says this node accepts it now."""
     base = _context(ssl.PROTOCOL_TLS_SERVER, me)
     base.verify_mode = ssl.CERT_OPTIONAL
 
     made: dict[tuple[str, ...], ssl.SSLContext] = {}  # the last set's context, reused
 
-    def swap(conn: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+    def swap(conn: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        if name == PAIRING_NAME and not pairing():
+            return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
         certs = tuple(pinned())
         if certs not in made:
             made.clear()
             made[certs] = _trusting(me, certs)
         conn.context = made[certs]
+        return None
 
     base.sni_callback = swap
     return base

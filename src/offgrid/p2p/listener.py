@@ -20,22 +20,35 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from offgrid.errors import BadRequestError, OffGridError, PermissionDeniedError
-from offgrid.p2p.identity import PAIRING_NAME, fingerprint
-from offgrid.p2p.pairing import proof
-from offgrid.p2p.peers import NAME
+from offgrid.models.registry import Registry
+from offgrid.p2p.identity import Identity, fingerprint
+from offgrid.p2p.pairing import Pairing, proof
+from offgrid.p2p.peers import NAME, Peer, PeerStore
 
 if TYPE_CHECKING:
     from aiohttp import web
-
-    from offgrid.p2p.node import Node
 
 __all__ = ["Listener"]
 
 log = logging.getLogger("offgrid.p2p")
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+class Served(Protocol):
+    """What the listener serves from (``p2p.node.Node``)."""
+
+    identity: Identity
+    peers: PeerStore
+    pairing: Pairing
+    registry: Registry
+
+    def server_context(self) -> ssl.SSLContext: ...
+    def trust(self, name: str, cert: str, fingerprint: str, host: str, port: int) -> Peer: ...
+    def hello(self) -> dict[str, Any]: ...
+    def manifest(self) -> dict[str, Any]: ...
 
 
 def _error(exc: OffGridError) -> web.Response:
@@ -48,7 +61,7 @@ def _error(exc: OffGridError) -> web.Response:
 class Listener:
     """The peer listener of one node; ``start()`` binds it, ``close()`` stops it."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Served) -> None:
         self.node = node
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -62,14 +75,6 @@ class Listener:
         app.router.add_get("/p2p/manifest", self._manifest)
         app.router.add_get("/p2p/models/{model}/{file}", self._file)
         ctx = self.node.server_context()
-        pinned = ctx.sni_callback
-
-        def sni(conn: ssl.SSLObject, name: str | None, base: ssl.SSLContext) -> int | None:
-            if name == PAIRING_NAME and not self.node.pairing.accepts():
-                return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
-            return pinned(conn, name, base) if pinned else None
-
-        ctx.sni_callback = sni
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ctx, shutdown_timeout=1.0)

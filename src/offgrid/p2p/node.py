@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import Any
 from urllib.parse import quote
 
@@ -75,8 +76,8 @@ class Node:
         for client in self._clients.values():
             client.close()
 
-    def server_context(self) -> Any:
-        return server_context(self.identity, self.peers.certs)
+    def server_context(self) -> ssl.SSLContext:
+        return server_context(self.identity, self.peers.certs, self.pairing.accepts)
 
     def _heard(self, seen: Seen) -> None:
         self.peers.seen_at(seen.fingerprint, seen.address)

@@ -2,8 +2,8 @@
 
 Each check says ok, or what is wrong and the command that fixes it: the config, the
 service, the port and health, the engine binary, the models folder as the service's user
-sees it, disk space and the GPU. Checks that do not apply here (no systemd, no service
-user) say so and count as ok.
+sees it, disk space, the GPU and the LAN peers. Checks that do not apply here (no systemd,
+no service user) say so and count as ok.
 """
 
 from __future__ import annotations
@@ -165,6 +165,31 @@ def _gpu(settings: Settings) -> Check:
     return Check("gpu", True, names)
 
 
+def _peers(settings: Settings) -> Check:
+    """P2P off: nothing listens beyond loopback. On: the node, its peers, who was heard."""
+    import httpx2
+
+    if not settings.p2p:
+        return Check("peers", True, "P2P is off: nothing listens beyond loopback")
+    url = f"http://{_reach(settings)}:{settings.port}/api/peers"
+    auth = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    try:
+        state = httpx2.get(url, timeout=10, headers=auth).json()
+    except (httpx2.HTTPError, ValueError) as exc:
+        return Check("peers", False, f"{url}: {exc}", "see the port check above")
+    if not state.get("enabled"):
+        detail = state.get("error", {}).get("message") or "the running server has P2P off"
+        return Check("peers", False, detail, f"restart it to take the setting: {UNIT}")
+    node, peers = state["node"], state["peers"]
+    heard = sum(1 for p in peers if p["seen"])
+    names = ", ".join(f"{p['name']} ({p['address']})" for p in peers) or "no peer paired"
+    detail = (
+        f"node {node['name']} on port {node['port']}, {len(peers)} paired ({heard} heard "
+        f"lately): {names}; {len(state['discovered'])} unpaired nodes nearby"
+    )
+    return Check("peers", True, detail)
+
+
 CHECKS: tuple[Callable[[Settings], Check], ...] = (
     _config,
     _service,
@@ -174,6 +199,7 @@ CHECKS: tuple[Callable[[Settings], Check], ...] = (
     _models,
     _disk,
     _gpu,
+    _peers,
 )
 
 

@@ -1,0 +1,318 @@
+"""The LAN (issue 17): real servers in network namespaces joined by a bridge (tests/lan.py),
+each with P2P on: discovery, pairing and its refusals, mutual TLS, pulls that resume and
+verify, forgetting; and with P2P off, nothing listening beyond loopback.
+
+Node A offers models; node B pulls them. The tests share the two servers and run in file
+order (pairing before pulling), each one setting up what it needs from the state before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import requests
+
+from conftest import SLOWDOWN, STARTER_ID, Server, link_models, wait_for
+from lan import Lan, Node, available, start_node_server
+from offgrid.engine.build import EngineBinary
+from offgrid.models.starter import STARTER
+from offgrid.p2p.identity import PAIRING_NAME
+from offgrid.p2p.pairing import Pairing, derive_key, new_code, proof
+
+P2P_PORT = 11612
+RERANKER = "minilm-random-rank-head.F16"  # 45 MB: the copy whose byte gets flipped
+
+
+@pytest.fixture(scope="module")
+def lan() -> Iterator[Lan]:
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with Lan(2) as built:
+        yield built
+
+
+class Nodes:
+    """The two servers and how to (re)start them."""
+
+    def __init__(self, lan: Lan, tmp: Path, store: Path, binary: EngineBinary) -> None:
+        self.lan, self.tmp, self.store, self.binary = lan, tmp, store, binary
+        for name in ("a", "b"):
+            (tmp / name / "home").mkdir(parents=True)
+        link_models(store, tmp / "a" / "models", {STARTER.file_name: STARTER.file_name})
+        shutil.copy(store / f"{RERANKER}.gguf", tmp / "a" / "models")  # its own inode
+        (tmp / "b" / "models").mkdir()
+        self.a = self.start("a")
+        self.b = self.start("b")
+        self.up_at = time.monotonic()
+
+    def start(self, name: str) -> Server:
+        node = self.lan.nodes[0 if name == "a" else 1]
+        return start_node_server(
+            node,
+            self.tmp / name,
+            self.tmp / name / "models",
+            self.binary,
+            OFFGRID_P2P="1",
+            OFFGRID_NODE_NAME=f"node-{name}",
+        )
+
+    @property
+    def a_address(self) -> str:
+        return f"{self.lan.nodes[0].ip}:{P2P_PORT}"
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    lan: Lan,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_store: Path,
+    engine_binary: EngineBinary,
+) -> Iterator[Nodes]:
+    built = Nodes(lan, tmp_path_factory.mktemp("lan"), model_store, engine_binary)
+    yield built
+    for srv in (built.a, built.b):
+        srv.stop()
+
+
+def api(srv: Server, method: str, path: str, **kw: Any) -> requests.Response:
+    return requests.request(method, f"{srv.url}{path}", timeout=60, **kw)
+
+
+def peers(srv: Server) -> dict[str, Any]:
+    state: dict[str, Any] = api(srv, "GET", "/api/peers").json()
+    return state
+
+
+def pair(nodes: Nodes) -> None:
+    """B pairs with A (A shows a code, B is given it), unless they are paired already."""
+    if any(p["name"] == "node-a" for p in peers(nodes.b)["peers"]):
+        return
+    code = api(nodes.a, "POST", "/api/peers/pairing").json()["code"]
+    got = api(nodes.b, "POST", "/api/peers", json={"address": nodes.a_address, "code": code})
+    assert got.status_code == 201, got.text
+
+
+def keys_of(srv: Server) -> tuple[Path, Path]:
+    folder = Path(srv.env["HOME"]) / ".local" / "share" / "offgrid" / "keys"
+    return folder / "node.crt", folder / "node.key"
+
+
+def tls_get(
+    node: Node, address: str, path: str, cert: tuple[Path, Path] | None, sni: str | None
+) -> str:
+    """One HTTPS GET from inside ``node``: the status line, or what broke the connection."""
+    host, port = address.split(":")
+
+    def run() -> str:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        if cert:
+            ctx.load_cert_chain(*cert)
+        try:
+            with (
+                socket.create_connection((host, int(port)), timeout=10) as raw,
+                ctx.wrap_socket(raw, server_hostname=sni) as tls,
+            ):
+                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                first = tls.recv(200).split(b"\r\n")[0].decode()
+                return first or "refused: closed without an answer"
+        except (ssl.SSLError, OSError) as exc:
+            return f"refused: {type(exc).__name__}"
+
+    return node.call(run)
+
+
+# -- pairing, in pieces (no network) ----------------------------------------------------------
+
+
+def test_a_code_is_typed_loosely_and_works_once() -> None:
+    pairing = Pairing()
+    code = pairing.open()["code"]
+    server, client, nonce = "s" * 64, "c" * 64, "n1"
+    typed = code.lower().replace("-", " ").replace("0", "o")  # as a person might type it
+    key = derive_key(typed, server)
+    assert pairing.check(server, client, nonce, proof(key, "client", server, client, nonce)) == key
+    assert not pairing.accepts(), "a code pairs one node only"
+
+
+def test_five_wrong_codes_close_the_window_and_a_short_token_is_refused() -> None:
+    from offgrid.errors import ConfigError, PermissionDeniedError
+
+    pairing = Pairing()
+    pairing.open()
+    server, client = "s" * 64, "c" * 64
+    for _ in range(5):
+        wrong = proof(derive_key(new_code(), server), "client", server, client, "n")
+        with pytest.raises(PermissionDeniedError, match="Wrong pairing code"):
+            pairing.check(server, client, "n", wrong)
+    assert not pairing.accepts()
+    with pytest.raises(ConfigError):
+        Pairing("too-short")
+
+
+# -- on the LAN -------------------------------------------------------------------------------
+
+
+def test_discovery_finds_the_peer_within_5_s(nodes: Nodes) -> None:
+    def heard() -> bool:
+        state = peers(nodes.a)
+        return any(s["name"] == "node-b" for s in state["discovered"] + state["peers"])
+
+    wait_for(heard, 5 * SLOWDOWN, "A to hear B on the LAN")
+    took = time.monotonic() - nodes.up_at
+    print(f"discovery: B heard by A {took:.2f} s after both servers answered")
+    seen = next(s for s in peers(nodes.a)["discovered"] if s["name"] == "node-b")
+    assert seen["address"] == f"{nodes.lan.nodes[1].ip}:{P2P_PORT}"
+    assert "models" not in seen, "no model list goes out in the clear"
+
+
+def test_an_unpaired_node_is_refused(nodes: Nodes) -> None:
+    b = nodes.lan.nodes[1]
+    a_state = peers(nodes.a)
+    assert a_state["peers"] == [] and a_state["pairing"]["open"] is False
+    # B's own certificate, not pinned by A: the handshake fails
+    assert tls_get(b, nodes.a_address, "/p2p/manifest", keys_of(nodes.b), None).startswith(
+        "refused"
+    )
+    # no certificate: through the handshake, but to nothing but pairing
+    assert tls_get(b, nodes.a_address, "/p2p/manifest", None, None).endswith("403 Forbidden")
+    # asking to pair while A has no window open: refused in the handshake
+    assert tls_get(b, nodes.a_address, "/p2p/hello", None, PAIRING_NAME).startswith("refused")
+    # and through B's API: wrong code, and no window
+    got = api(nodes.b, "POST", "/api/peers", json={"address": nodes.a_address, "code": "ABCD-EFGH"})
+    assert got.status_code == 403 and "no pairing window" in got.json()["error"]["message"]
+    api(nodes.a, "POST", "/api/peers/pairing")
+    got = api(nodes.b, "POST", "/api/peers", json={"address": nodes.a_address, "code": "ABCD-EFGH"})
+    assert got.status_code == 403 and "Wrong pairing code" in got.json()["error"]["message"]
+    assert peers(nodes.a)["pairing"]["tries_left"] == 4
+    assert peers(nodes.a)["peers"] == [] and peers(nodes.b)["peers"] == []
+    got = api(nodes.b, "POST", "/api/pulls", json={"peer": "node-a", "model": STARTER_ID})
+    assert got.status_code == 404
+    api(nodes.a, "DELETE", "/api/peers/pairing")
+
+
+def test_pairing_pins_both_ways_and_the_code_works_once(nodes: Nodes) -> None:
+    code = api(nodes.a, "POST", "/api/peers/pairing").json()["code"]
+    body = {"address": nodes.a_address, "code": code}
+    got = api(nodes.b, "POST", "/api/peers", json=body)
+    assert got.status_code == 201, got.text
+    a_seen_by_b = got.json()
+    assert a_seen_by_b["name"] == "node-a"
+    assert a_seen_by_b["fingerprint"] == peers(nodes.a)["node"]["fingerprint"]
+    b_seen_by_a = peers(nodes.a)["peers"]
+    assert [p["name"] for p in b_seen_by_a] == ["node-b"]
+    assert b_seen_by_a[0]["fingerprint"] == peers(nodes.b)["node"]["fingerprint"]
+    assert b_seen_by_a[0]["address"] == f"{nodes.lan.nodes[1].ip}:{P2P_PORT}"
+    again = api(nodes.b, "POST", "/api/peers", json=body)
+    assert again.status_code == 403
+    # now B's certificate opens A's listener
+    b = nodes.lan.nodes[1]
+    assert tls_get(b, nodes.a_address, "/p2p/hello", keys_of(nodes.b), None).endswith("200 OK")
+
+
+def _watch(srv: Server, body: dict[str, Any], states: list[dict[str, Any]]) -> None:
+    """Start a pull and keep every state it sends (in a thread)."""
+    with requests.post(f"{srv.url}/api/pulls", json=body, stream=True, timeout=600) as resp:
+        for line in resp.iter_lines():
+            if line.startswith(b"data: "):
+                states.append(json.loads(line[6:]))
+
+
+def test_a_pull_cut_halfway_resumes_and_verifies(nodes: Nodes) -> None:
+    pair(nodes)
+    states: list[dict[str, Any]] = []
+    body = {"peer": "node-a", "model": STARTER_ID, "limit_rate": "8M"}
+    watcher = threading.Thread(target=_watch, args=(nodes.b, body, states), daemon=True)
+    watcher.start()
+    wait_for(lambda: states and states[-1]["percent"] >= 30, 60 * SLOWDOWN, "the pull to pass 30 %")
+    nodes.a.stop(signal.SIGKILL)  # the serving node dies mid-file
+    wait_for(
+        lambda: (
+            any("retrying" in s["message"] for s in states) or states[-1]["status"] != "downloading"
+        ),
+        60 * SLOWDOWN,
+        "B to notice the cut",
+    )
+    cut_at = states[-1]["completed"]
+    assert states[-1]["status"] == "downloading", states[-1]
+    nodes.a = nodes.start("a")  # back, same identity and peers
+    watcher.join(timeout=120 * SLOWDOWN)
+    final = states[-1]
+    assert final["status"] == "done", final
+    assert 0.3 * STARTER.size <= cut_at < STARTER.size
+    pulled = Path(nodes.b.env["OFFGRID_MODELS_DIR"]) / STARTER.file_name
+    assert hashlib.sha256(pulled.read_bytes()).hexdigest() == STARTER.sha256
+    model = api(nodes.b, "GET", f"/api/models/{STARTER_ID}").json()
+    assert model["origin"]["kind"] == "peer" and model["origin"]["peer"] == "node-a"
+    assert not [p for p in pulled.parent.iterdir() if p.name.startswith(".")], "no partial left"
+
+
+def test_a_flipped_byte_on_the_serving_side_is_refused(nodes: Nodes) -> None:
+    pair(nodes)
+    served = Path(nodes.a.env["OFFGRID_MODELS_DIR"]) / f"{RERANKER}.gguf"
+    verified = api(nodes.a, "POST", "/api/models/verify", json={"models": [RERANKER]})
+    assert verified.status_code == 200, verified.text  # its hash recorded: the manifest's
+    before = served.stat()
+    with served.open("r+b") as fh:  # rot: one byte, the file's times kept
+        fh.seek(before.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(served, ns=(before.st_atime_ns, before.st_mtime_ns))
+    got = api(nodes.b, "POST", "/api/pulls", json={"peer": "node-a", "model": RERANKER})
+    final = [json.loads(line[6:]) for line in got.iter_lines() if line.startswith(b"data: ")][-1]
+    assert final["status"] == "failed" and "arrived damaged" in final["message"], final
+    folder = Path(nodes.b.env["OFFGRID_MODELS_DIR"])
+    assert not [p for p in folder.iterdir() if RERANKER in p.name], "nothing of it is kept"
+    assert RERANKER not in [m["id"] for m in api(nodes.b, "GET", "/api/models").json()["models"]]
+
+
+def test_doctor_reports_the_peers(nodes: Nodes) -> None:
+    pair(nodes)
+    b = nodes.lan.nodes[1]
+    env = {**nodes.b.env, "OFFGRID_PORT": nodes.b.env["OFFGRID_PORT"]}
+    done = b.exec(
+        [sys.executable, "-m", "offgrid", "doctor"], env=env, capture_output=True, text=True
+    )
+    line = next(x for x in done.stdout.splitlines() if "peers" in x)
+    assert "node-a" in line and "1 paired" in line, done.stdout
+
+
+def test_a_forgotten_peer_is_refused(nodes: Nodes) -> None:
+    pair(nodes)
+    got = api(nodes.a, "DELETE", "/api/peers/node-b")
+    assert got.status_code == 200 and peers(nodes.a)["peers"] == []
+    b = nodes.lan.nodes[1]
+    assert tls_get(b, nodes.a_address, "/p2p/hello", keys_of(nodes.b), None).startswith("refused")
+    got = api(
+        nodes.b, "POST", "/api/pulls", json={"peer": "node-a", "model": STARTER_ID, "stream": False}
+    )
+    assert got.status_code == 403 and "does not know" in got.json()["error"]["message"], got.text
+    assert api(nodes.b, "DELETE", "/api/peers/node-a").status_code == 200
+
+
+def test_with_p2p_off_nothing_listens_beyond_loopback(server: Server) -> None:
+    listening = [
+        c.laddr
+        for c in psutil.Process(server.proc.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening and all(addr.ip in ("127.0.0.1", "::1") for addr in listening), listening
+    assert api(server, "GET", "/api/peers").json()["enabled"] is False
+    got = api(server, "POST", "/api/peers/pairing")
+    assert got.status_code == 400 and "OFFGRID_P2P=1" in got.json()["error"]["message"]
