@@ -35,6 +35,7 @@ from offgrid.p2p.pairing import Pairing, derive_key, new_code, proof
 
 P2P_PORT = 11612
 RERANKER = "minilm-random-rank-head.F16"  # 45 MB: the copy whose byte gets flipped
+FEDERATED = "only-on-a.Q4_1"  # the starter under another id, which B never pulls
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,11 @@ class Nodes:
         self.lan, self.tmp, self.store, self.binary = lan, tmp, store, binary
         for name in ("a", "b"):
             (tmp / name / "home").mkdir(parents=True)
-        link_models(store, tmp / "a" / "models", {STARTER.file_name: STARTER.file_name})
+        link_models(
+            store,
+            tmp / "a" / "models",
+            {STARTER.file_name: STARTER.file_name, f"{FEDERATED}.gguf": STARTER.file_name},
+        )
         shutil.copy(store / f"{RERANKER}.gguf", tmp / "a" / "models")  # its own inode
         (tmp / "b" / "models").mkdir()
         self.a = self.start("a")
@@ -68,6 +73,7 @@ class Nodes:
             self.tmp / name / "models",
             self.binary,
             OFFGRID_P2P="1",
+            OFFGRID_FEDERATION="1",
             OFFGRID_NODE_NAME=f"node-{name}",
         )
 
@@ -280,6 +286,41 @@ def test_a_flipped_byte_on_the_serving_side_is_refused(nodes: Nodes) -> None:
     folder = Path(nodes.b.env["OFFGRID_MODELS_DIR"])
     assert not [p for p in folder.iterdir() if RERANKER in p.name], "nothing of it is kept"
     assert RERANKER not in [m["id"] for m in api(nodes.b, "GET", "/api/models").json()["models"]]
+
+
+def test_federation_answers_from_the_peers_engine_streamed(nodes: Nodes) -> None:
+    pair(nodes)
+    wait_for(
+        lambda: any(m["id"] == FEDERATED for m in api(nodes.b, "GET", "/v1/models").json()["data"]),
+        15 * SLOWDOWN,
+        "B to list A's models (its federation asks every 5 s)",
+    )
+    listed = api(nodes.b, "GET", "/v1/models").json()["data"]
+    card = next(m for m in listed if m["id"] == FEDERATED)
+    assert card["peer"] == "node-a"
+    pieces = []
+    with nodes.b.client().chat.completions.with_streaming_response.create(
+        model=FEDERATED,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=16,
+        stream=True,
+    ) as resp:
+        assert resp.headers["x-offgrid-peer"] == "node-a"
+        for chunk in resp.parse():
+            pieces += [c.delta.content or "" for c in chunk.choices]
+    assert "".join(pieces).strip()
+    assert [m["id"] for m in nodes.a.ps()] == [FEDERATED], "A's engine answered"
+    assert FEDERATED not in [m["id"] for m in nodes.b.ps()]
+    load = next(p for p in peers(nodes.b)["peers"] if p["name"] == "node-a")["load"]
+    assert FEDERATED in load["models"] and load["latency_ms"] is not None
+    # the peer's own errors come back as it gave them
+    bad = api(nodes.b, "POST", "/v1/chat/completions", json={"model": FEDERATED, "messages": 5})
+    assert bad.status_code == 400 and bad.headers["x-offgrid-peer"] == "node-a", bad.text
+    # a model no one has is this node's 404
+    none = api(
+        nodes.b, "POST", "/v1/chat/completions", json={"model": "nobody-has-it", "messages": []}
+    )
+    assert none.status_code == 404 and "x-offgrid-peer" not in none.headers
 
 
 def test_doctor_reports_the_peers(nodes: Nodes) -> None:

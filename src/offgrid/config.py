@@ -90,6 +90,7 @@ class Settings:
     p2p_port: int = 11612
     p2p_token: str = field(default="", repr=False)  # a secret, like api_key
     node_name: str = ""
+    federation: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, **values: Any) -> Settings:
@@ -273,6 +274,12 @@ FIELDS: tuple[Setting, ...] = (
         "A fleet's pairing secret: nodes that present it pair with no code (never printed)",
     ),
     Setting("node_name", "OFFGRID_NODE_NAME", "p2p.node_name", "This node's name (the hostname)"),
+    Setting(
+        "federation",
+        "OFFGRID_FEDERATION",
+        "p2p.federation",
+        "Send requests for models this node lacks to a paired peer that has them (needs P2P)",
+    ),
 )
 
 SECRETS = frozenset({"api_key", "p2p_token"})  # never printed or logged

@@ -94,7 +94,12 @@ class Runtime:
         )
         pulls = Pulls(registry)
         imports = ImportJobs(registry, settings.data_dir / "keys", settings.import_roots)
-        p2p = await Node.start(settings, registry, pulls) if settings.p2p else None
+        p2p = None
+        if settings.p2p:
+            relayed = frozenset({*ROUTES, *FORM_ROUTES})
+            p2p = await Node.start(
+                settings, registry, pulls, scheduler.status, guard.peer_key, relayed
+            )
         metrics.start()  # the history's timer, stopped by close()
         return cls(
             settings,

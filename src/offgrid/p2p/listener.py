@@ -9,6 +9,8 @@ pairing (the handshake is refused otherwise: ``pair.offgrid`` names it). Routes:
     GET  /p2p/hello                      name, version, fingerprint, models, load
     GET  /p2p/manifest                   the signed list of models and files (``manifest``)
     GET  /p2p/models/{model}/{file}      a model's file, with HTTP Range (resumable pulls)
+    POST /p2p/relay/{route}              a federated request (``federation``), handed to this
+                                         server's own API as it came; its answer as it is made
 
 A peer forgotten while connected is refused at its next request, not only its next
 handshake.
@@ -22,13 +24,16 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from offgrid.errors import BadRequestError, OffGridError, PermissionDeniedError
+from offgrid.config import Settings
+from offgrid.errors import BadRequestError, NotFoundError, OffGridError, PermissionDeniedError
 from offgrid.models.registry import Registry
+from offgrid.p2p.federation import HOP_HEADER
 from offgrid.p2p.identity import Identity, fingerprint
 from offgrid.p2p.pairing import Pairing, proof
 from offgrid.p2p.peers import NAME, Peer, PeerStore
 
 if TYPE_CHECKING:
+    import aiohttp
     from aiohttp import web
 
 __all__ = ["Listener"]
@@ -44,6 +49,8 @@ class Served(Protocol):
     peers: PeerStore
     pairing: Pairing
     registry: Registry
+    peer_key: str
+    settings: Settings
 
     def server_context(self) -> ssl.SSLContext: ...
     def trust(self, name: str, cert: str, fingerprint: str, host: str, port: int) -> Peer: ...
@@ -61,19 +68,23 @@ def _error(exc: OffGridError) -> web.Response:
 class Listener:
     """The peer listener of one node; ``start()`` binds it, ``close()`` stops it."""
 
-    def __init__(self, node: Served) -> None:
+    def __init__(self, node: Served, relayed: frozenset[str]) -> None:
         self.node = node
+        self.relayed = relayed  # the API routes a peer may send requests to: inference only
         self._runner: web.AppRunner | None = None
+        self._local: aiohttp.ClientSession | None = None  # to this server's own API
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
         from aiohttp import web
 
-        app = web.Application(middlewares=[self._peer_only], client_max_size=64 * 1024)
+        max_body = self.node.settings.max_request_bytes  # a federated request's body
+        app = web.Application(middlewares=[self._peer_only], client_max_size=max_body)
         app.router.add_post("/p2p/pair", self._pair)
         app.router.add_get("/p2p/hello", self._hello)
         app.router.add_get("/p2p/manifest", self._manifest)
         app.router.add_get("/p2p/models/{model}/{file}", self._file)
+        app.router.add_post("/p2p/relay/{route:.+}", self._relay)
         ctx = self.node.server_context()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -85,6 +96,8 @@ class Listener:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._local is not None:
+            await self._local.close()
 
     @staticmethod
     def _peer_cert(request: web.Request) -> bytes | None:
@@ -155,3 +168,35 @@ class Listener:
         path = await asyncio.to_thread(served_file, self.node.registry, model, name)
         log.info("peer %s pulls %s", request["peer"].name, path.name)
         return web.FileResponse(path, chunk_size=1024 * 1024)
+
+    async def _relay(self, request: web.Request) -> web.StreamResponse:
+        """A peer's federated request, through this server's own API (its key checks,
+        scheduler, queue and errors), the answer streamed back as it comes."""
+        import aiohttp
+        from aiohttp import web
+
+        path = "/" + request.match_info["route"]
+        if path not in self.relayed:
+            raise NotFoundError(f"{path} is not a route a peer may send requests to.")
+        if self._local is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+            self._local = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        settings = self.node.settings
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        headers = {
+            "content-type": request.headers.get("content-type", "application/json"),
+            "authorization": f"Bearer {self.node.peer_key}",
+            HOP_HEADER: request["peer"].name,
+        }
+        body = await request.read()
+        url = f"http://{host}:{settings.port}{path}"
+        async with self._local.post(url, data=body, headers=headers) as local:
+            answer = web.StreamResponse(status=local.status)
+            for name in ("content-type", "retry-after", "cache-control"):
+                if name in local.headers:
+                    answer.headers[name] = local.headers[name]
+            await answer.prepare(request)
+            async for chunk in local.content.iter_any():
+                await answer.write(chunk)
+            await answer.write_eof()
+            return answer

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +21,7 @@ from offgrid.models.keys import Keys
 from offgrid.models.registry import Registry
 from offgrid.p2p.client import PeerClient, address_of, pair
 from offgrid.p2p.discovery import Discovery, Seen
+from offgrid.p2p.federation import Federation
 from offgrid.p2p.identity import Identity, server_context
 from offgrid.p2p.listener import Listener
 from offgrid.p2p.manifest import build, remote_model
@@ -38,23 +40,53 @@ def node_name(settings: Settings) -> str:
     return safe if NAME.match(safe) else "offgrid"
 
 
-class Node:
-    """The LAN side of a server; ``await Node.start(...)``, then ``close()``."""
+Status = Callable[[], list[dict[str, object]]]
 
-    def __init__(self, settings: Settings, registry: Registry, pulls: Pulls) -> None:
+
+class Node:
+    """The LAN side of a server; ``await Node.start(...)``, then ``close()``.
+
+    ``status`` is the scheduler's (what is loaded, how busy), ``peer_key`` the secret the
+    listener sends when it hands a federated request to this server's own API, and
+    ``relayed`` the API routes such a request may take (the inference routes)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        pulls: Pulls,
+        status: Status,
+        peer_key: str,
+        relayed: frozenset[str],
+    ) -> None:
         self.settings, self.registry, self.pulls = settings, registry, pulls
+        self.status, self.peer_key = status, peer_key
         self.keys = Keys(settings.data_dir / "keys")
         self.identity = Identity.load(self.keys, node_name(settings))
         self.peers = PeerStore(settings.data_dir / "p2p" / "peers.json")
         self.pairing = Pairing(settings.p2p_token)
-        self.listener = Listener(self)
+        self.listener = Listener(self, relayed)
         self.discovery: Discovery | None = None
+        self.federation = Federation(self.identity, self.peers) if settings.federation else None
         self._clients: dict[str, PeerClient] = {}  # by fingerprint, for pulls
 
     @classmethod
-    async def start(cls, settings: Settings, registry: Registry, pulls: Pulls) -> Node:
-        node = await asyncio.to_thread(cls, settings, registry, pulls)
+    async def start(
+        cls,
+        settings: Settings,
+        registry: Registry,
+        pulls: Pulls,
+        status: Status,
+        peer_key: str,
+        relayed: frozenset[str],
+    ) -> Node:
+        """This node on the LAN, listening (and announcing, and federating if asked)."""
+        node = await asyncio.to_thread(
+            lambda: cls(settings, registry, pulls, status, peer_key, relayed)
+        )
         await node.listener.start(settings.p2p_host, settings.p2p_port)
+        if node.federation is not None:
+            await node.federation.start()
         node.discovery = Discovery(
             node.identity.name,
             node.identity.fingerprint,
@@ -70,6 +102,8 @@ class Node:
         return node
 
     async def close(self) -> None:
+        if self.federation is not None:
+            await self.federation.close()
         if self.discovery is not None:
             await self.discovery.close()
         await self.listener.close()
@@ -87,11 +121,18 @@ class Node:
         return self.peers.add(name, cert, fingerprint, address_of(host, port))
 
     def hello(self) -> dict[str, Any]:
+        """Who this node is, its models, and how busy each loaded one is (for federation)."""
+        loaded = [
+            {"id": r["id"], "busy": int(str(r["active_requests"])) + int(str(r["queued_requests"]))}
+            for r in self.status()
+            if r.get("state") == "ready"
+        ]
         return {
             "name": self.identity.name,
             "version": __version__,
             "fingerprint": self.identity.fingerprint,
-            "models": len(self.registry.list()),
+            "models": [m.id for m in self.registry.list() if m.error is None],
+            "loaded": loaded,
         }
 
     def manifest(self) -> dict[str, Any]:
@@ -101,7 +142,13 @@ class Node:
     def state(self) -> dict[str, Any]:
         """This node, its paired peers, and the nodes heard on the LAN not paired yet."""
         heard = {s.fingerprint: s for s in (self.discovery.list() if self.discovery else [])}
-        peers = [p.public() | {"seen": p.fingerprint in heard} for p in self.peers.list()]
+        loads = self.federation.loads if self.federation else {}
+        peers = [
+            p.public()
+            | {"seen": p.fingerprint in heard}
+            | ({"load": loads[p.fingerprint].as_dict()} if p.fingerprint in loads else {})
+            for p in self.peers.list()
+        ]
         unpaired = [s.as_dict() for fp, s in heard.items() if self.peers.by_fingerprint(fp) is None]
         return {
             "enabled": True,
@@ -110,6 +157,7 @@ class Node:
                 "fingerprint": self.identity.fingerprint,
                 "port": self.listener.port,
                 "discovery": self.discovery is not None,
+                "federation": self.federation is not None,
             },
             "pairing": self.pairing.state(),
             "peers": peers,

@@ -30,6 +30,7 @@ from offgrid.api.ollama.inference import serve_ollama
 from offgrid.api.relay.asgi import Call, Receive, Scope, Send, close_on_disconnect, send_whole
 from offgrid.api.relay.engine_client import engine_failed
 from offgrid.api.relay.engine_stream import client_transport
+from offgrid.api.relay.federated import federate, federates
 from offgrid.api.relay.path import Stream
 from offgrid.api.relay.request import check_header_size, parse_request, read_body
 from offgrid.errors import OffGridError
@@ -133,6 +134,10 @@ class ProxyApp:
         call.model = model
         if runtime.settings.log_prompts:  # OFFGRID_LOG_PROMPTS=1: asked for, never by default
             log.info("request body for %s: %s", path, body[:4000].decode(errors="replace"))
+        if federates(runtime, call, model):
+            status = await federate(call, runtime, body, model)
+            if status is not None:
+                return status
         if route.engine_path is not None:  # a translated dialect (Ollama's)
             return await serve_ollama(call, runtime, body, req)
         dialect = route.dialect

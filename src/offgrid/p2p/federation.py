@@ -1,0 +1,180 @@
+"""Federation (``OFFGRID_FEDERATION=1``): a request for a model this node does not have goes
+to a paired peer that has it, over the peer listener's mutual TLS.
+
+Every few seconds each paired peer is asked ``/p2p/hello``: its models, which are loaded,
+how busy they are, and how long the answer took. A request is sent to a peer that has the
+model loaded, else to one that has it installed, the least busy first, then the nearest.
+The request goes as the client sent it to the peer's ``/p2p/relay/<route>``; the peer's
+listener hands it to its own API (``listener``), so its scheduler queues it, its errors
+(a 429 with Retry-After, a 404) come back as they were, and its stream as it is made.
+A request that came from a peer is never sent on again: one hop, no loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from offgrid.errors import UnreachableError
+from offgrid.p2p.client import host_port
+from offgrid.p2p.identity import Identity, client_context
+from offgrid.p2p.peers import Peer, PeerStore
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["HOP_HEADER", "Federation", "PeerLoad"]
+
+HOP_HEADER = "x-offgrid-federated"  # names the node a request came from: not sent on
+EVERY_S = 5.0
+HELLO_TIMEOUT_S = 3.0
+log = logging.getLogger("offgrid.p2p")
+
+
+@dataclass
+class PeerLoad:
+    """What a peer said of itself at its last hello."""
+
+    models: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    busy: int = 0  # requests running and queued, over its loaded models
+    latency_ms: float | None = None
+    at: float = 0.0
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Federation:
+    """Peers' loads, kept fresh, and requests opened on the peer chosen for a model."""
+
+    def __init__(self, identity: Identity, peers: PeerStore) -> None:
+        self.identity, self.peers = identity, peers
+        self.loads: dict[str, PeerLoad] = {}  # by fingerprint
+        self._session: aiohttp.ClientSession | None = None
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), auto_decompress=False
+        )
+        self._task = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    def _context(self, peer: Peer) -> ssl.SSLContext:
+        if peer.fingerprint not in self._contexts:
+            self._contexts[peer.fingerprint] = client_context(self.identity, peer.cert)
+        return self._contexts[peer.fingerprint]
+
+    def _url(self, peer: Peer, path: str) -> str:
+        host, port = host_port(peer.address)
+        return f"https://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+    async def _poll(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(EVERY_S)
+
+    async def refresh(self) -> None:
+        """Ask every paired peer for its models and load now."""
+        peers = self.peers.list()
+        loads = await asyncio.gather(*(self._hello(p) for p in peers))
+        self.loads = {p.fingerprint: load for p, load in zip(peers, loads, strict=True)}
+
+    async def _hello(self, peer: Peer) -> PeerLoad:
+        import aiohttp
+
+        assert self._session is not None
+        began = time.perf_counter()
+        try:
+            async with self._session.get(
+                self._url(peer, "/p2p/hello"),
+                ssl=self._context(peer),
+                timeout=aiohttp.ClientTimeout(total=HELLO_TIMEOUT_S),
+            ) as resp:
+                hello = await resp.json()
+                latency = (time.perf_counter() - began) * 1000
+                if resp.status != 200:
+                    return PeerLoad(at=time.time(), error=f"HTTP {resp.status}")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return PeerLoad(at=time.time(), error=str(exc) or type(exc).__name__)
+        loaded = hello.get("loaded", [])
+        return PeerLoad(
+            models=[str(m) for m in hello.get("models", [])],
+            loaded=[str(m["id"]) for m in loaded],
+            busy=sum(int(m.get("busy", 0)) for m in loaded),
+            latency_ms=round(latency, 2),
+            at=time.time(),
+        )
+
+    def offered(self) -> dict[str, str]:
+        """Each model the peers offer, and the name of one peer offering it."""
+        found: dict[str, str] = {}
+        for peer in self.peers.list():
+            for model in self.loads.get(peer.fingerprint, PeerLoad()).models:
+                found.setdefault(model, peer.name)
+        return found
+
+    def choose(self, model: str) -> list[Peer]:
+        """The peers that have ``model``, best first: loaded, least busy, nearest."""
+        having = []
+        for peer in self.peers.list():
+            load = self.loads.get(peer.fingerprint)
+            if load is not None and not load.error and model in load.models:
+                rank = (model not in load.loaded, load.busy, load.latency_ms or 0.0)
+                having.append((rank, peer))
+        return [peer for _rank, peer in sorted(having, key=lambda x: x[0])]
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, model: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> AsyncIterator[tuple[Peer, aiohttp.ClientResponse] | None]:
+        """The answer of the best peer that takes the request for ``model`` (None: no
+        peer has it); UnreachableError when every peer that has it failed to answer."""
+        import aiohttp
+
+        assert self._session is not None
+        if not self.loads and self.peers.list():
+            await self.refresh()  # the first request after a start: ask now
+        chosen, failures = self.choose(model), []
+        if not chosen:
+            yield None
+            return
+        sent = {**headers, HOP_HEADER: self.identity.name}
+        for peer in chosen:
+            try:
+                resp = await self._session.post(
+                    self._url(peer, f"/p2p/relay{path}"),
+                    data=body,
+                    headers=sent,
+                    ssl=self._context(peer),
+                )
+            except aiohttp.ClientError as exc:
+                failures.append(f"{peer.name}: {exc}")
+                self.loads.pop(peer.fingerprint, None)  # asked again at the next refresh
+                continue
+            try:
+                yield peer, resp
+            finally:
+                resp.close()
+            return
+        raise UnreachableError(
+            f"No peer that has {model!r} answers: {'; '.join(failures)}", param="model"
+        )
