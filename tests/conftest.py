@@ -67,6 +67,11 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> obje
         time.sleep(0.02)
 
 
+def same_port(port: int) -> int:
+    """A server's port as the test reaches it: the same (it listens on the test's loopback)."""
+    return port
+
+
 @pytest.fixture(scope="session")
 def engine_binary() -> EngineBinary:
     """The real llama-server: OFFGRID_LLAMA_SERVER, the cached build, or a build now."""
@@ -119,6 +124,7 @@ class Server:
     log: Path
     env: dict[str, str]
     _client: openai.OpenAI | None = None
+    reach: Callable[[int], int] = same_port  # the server's loopback port → the test's
 
     def client(self) -> openai.OpenAI:
         """One official client per server (closed with it), never retrying on its own."""
@@ -147,7 +153,8 @@ class Server:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         secret = next(e[14:].decode() for e in environ if e.startswith(b"LLAMA_API_KEY="))
         headers = {"Authorization": f"Bearer {secret}"}
-        return requests.get(f"http://127.0.0.1:{port}{path}", headers=headers, timeout=5)
+        url = f"http://127.0.0.1:{self.reach(port)}{path}"
+        return requests.get(url, headers=headers, timeout=5)
 
     def engine_port(self, model_id: str) -> int:
         for m in self.ps():
@@ -172,7 +179,20 @@ class Server:
         return code
 
 
-def start_server(tmp: Path, models_dir: Path, binary: EngineBinary, **env_extra: str) -> Server:
+def start_server(
+    tmp: Path,
+    models_dir: Path,
+    binary: EngineBinary,
+    *,
+    popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+    reach: Callable[[int], int] = same_port,
+    **env_extra: str,
+) -> Server:
+    """``offgrid serve`` on a free loopback port, once it answers /health.
+
+    ``popen`` starts it (e.g. ``Node.popen``: inside a LAN node of tests/lan.py); ``reach``
+    maps its port to the one the test uses on 127.0.0.1 (e.g. ``Node.forward``).
+    """
     port = free_port()
     env = {
         **REAL_ENV,
@@ -188,10 +208,8 @@ def start_server(tmp: Path, models_dir: Path, binary: EngineBinary, **env_extra:
     }
     log = tmp / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "offgrid", "serve"], env=env, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
+        proc = popen([sys.executable, "-m", "offgrid", "serve"], env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{reach(port)}"
 
     def up() -> bool:
         if proc.poll() is not None:
@@ -202,7 +220,7 @@ def start_server(tmp: Path, models_dir: Path, binary: EngineBinary, **env_extra:
             return False
 
     wait_for(up, 60, "offgrid serve to answer /health")
-    return Server(url, proc, log, env)
+    return Server(url, proc, log, env, reach=reach)
 
 
 @pytest.fixture(scope="session")
