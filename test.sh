@@ -21,14 +21,17 @@ if [ ! -x "$chromium" ]; then  # the dashboard's tests drive a real browser
         exit 1
     fi
 fi
-if ! command -v systemd-nspawn >/dev/null && [ "$(id -u)" -eq 0 ]; then
-    # The service tests boot a real systemd in a container (they need root: elsewhere they skip)
-    echo "== Installing Debian's systemd-container for the service tests"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd-container >/dev/null; }; then
-        echo "Could not install systemd-container (apt-get install systemd-container)." >&2
-        exit 1
+# The service tests boot a real systemd in a container, the LAN tests build network
+# namespaces with iproute2 (both need root: elsewhere they skip)
+for need in systemd-nspawn:systemd-container ip:iproute2; do
+    if ! command -v "${need%%:*}" >/dev/null && [ "$(id -u)" -eq 0 ]; then
+        echo "== Installing Debian's ${need#*:} for the tests that need it"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need#*:}" >/dev/null; }; then
+            echo "Could not install ${need#*:} (apt-get install ${need#*:})." >&2
+            exit 1
+        fi
     fi
-fi
+done
 echo "== Running the tests"
 set +e
 .venv/bin/python -m pytest "$@"

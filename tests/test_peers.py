@@ -36,6 +36,7 @@ from offgrid.p2p.pairing import Pairing, derive_key, new_code, proof
 P2P_PORT = 11612
 RERANKER = "minilm-random-rank-head.F16"  # 45 MB: the copy whose byte gets flipped
 FEDERATED = "only-on-a.Q4_1"  # the starter under another id, which B never pulls
+SPLIT = "split-me.Q4_1"  # the starter again: A spreads it over B's RPC worker
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,11 @@ class Nodes:
         link_models(
             store,
             tmp / "a" / "models",
-            {STARTER.file_name: STARTER.file_name, f"{FEDERATED}.gguf": STARTER.file_name},
+            {
+                STARTER.file_name: STARTER.file_name,
+                f"{FEDERATED}.gguf": STARTER.file_name,
+                f"{SPLIT}.gguf": STARTER.file_name,
+            },
         )
         shutil.copy(store / f"{RERANKER}.gguf", tmp / "a" / "models")  # its own inode
         (tmp / "b" / "models").mkdir()
@@ -75,6 +80,8 @@ class Nodes:
             OFFGRID_P2P="1",
             OFFGRID_FEDERATION="1",
             OFFGRID_NODE_NAME=f"node-{name}",
+            OFFGRID_SPLIT_MODELS=SPLIT,
+            OFFGRID_RPC_WORKER="1" if name == "b" else "0",
         )
 
     @property
@@ -321,6 +328,74 @@ def test_federation_answers_from_the_peers_engine_streamed(nodes: Nodes) -> None
         nodes.b, "POST", "/v1/chat/completions", json={"model": "nobody-has-it", "messages": []}
     )
     assert none.status_code == 404 and "x-offgrid-peer" not in none.headers
+
+
+def _engine_log(srv: Server, model: str) -> str:
+    """The engine's log of its last start: its command line first."""
+    return (Path(srv.env["OFFGRID_CACHE_DIR"]) / "logs" / f"engine-{model}.log").read_text()
+
+
+def _rpc_server(srv: Server) -> psutil.Process:
+    found = [c for c in psutil.Process(srv.proc.pid).children() if "rpc-server" in c.name()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_split_model_puts_layers_on_the_peers_rpc_worker(nodes: Nodes) -> None:
+    pair(nodes)
+    wait_for(
+        lambda: (
+            next(p for p in peers(nodes.a)["peers"] if p["name"] == "node-b")
+            .get("load", {})
+            .get("rpc_free")
+        ),
+        15 * SLOWDOWN,
+        "A to hear of B's RPC worker",
+    )
+    reply = nodes.a.client().chat.completions.create(
+        model=SPLIT, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+    )
+    assert reply.choices[0].message.content
+    log = _engine_log(nodes.a, SPLIT)
+    command = log.splitlines()[0]
+    assert "--rpc 127.0.0.1:" in command  # a tunnel's port here, never B's worker itself
+    offloaded = [line for line in log.splitlines() if "offloaded" in line]
+    on_worker = [line for line in log.splitlines() if "RPC0[" in line and "model buffer" in line]
+    assert offloaded and on_worker, log[-3000:]
+    layers, total = offloaded[0].split("offloaded ")[1].split(" ")[0].split("/")
+    assert 0 < int(layers) <= int(total)
+    assert _rpc_server(nodes.b).is_running()
+
+
+def test_a_worker_lost_mid_stream_gives_an_error_event_and_the_next_request_runs_here(
+    nodes: Nodes,
+) -> None:
+    pair(nodes)
+    if SPLIT not in [m["id"] for m in nodes.a.ps()]:
+        test_a_split_model_puts_layers_on_the_peers_rpc_worker(nodes)
+    worker = _rpc_server(nodes.b)
+    events: list[bytes] = []
+    body = {
+        "model": SPLIT,
+        "messages": [{"role": "user", "content": "Count from 1 to 500, one per line."}],
+        "max_tokens": 2000,
+        "stream": True,
+    }
+    with requests.post(
+        f"{nodes.a.url}/v1/chat/completions", json=body, stream=True, timeout=120
+    ) as resp:
+        for line in resp.iter_lines():
+            if line.startswith(b"data: "):
+                events.append(line)
+                if len(events) == 5:
+                    worker.kill()  # the worker's box loses it mid-stream
+    assert len(events) > 5
+    assert b'"error"' in events[-1], events[-3:]
+    reply = nodes.a.client().chat.completions.create(
+        model=SPLIT, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+    )
+    assert reply.choices[0].message.content
+    assert "--rpc" not in _engine_log(nodes.a, SPLIT).splitlines()[0], "it runs here alone"
 
 
 def test_doctor_reports_the_peers(nodes: Nodes) -> None:

@@ -91,6 +91,8 @@ class Settings:
     p2p_token: str = field(default="", repr=False)  # a secret, like api_key
     node_name: str = ""
     federation: bool = False
+    rpc_worker: bool = False
+    split_models: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, **values: Any) -> Settings:
@@ -279,6 +281,18 @@ FIELDS: tuple[Setting, ...] = (
         "OFFGRID_FEDERATION",
         "p2p.federation",
         "Send requests for models this node lacks to a paired peer that has them (needs P2P)",
+    ),
+    Setting(
+        "rpc_worker",
+        "OFFGRID_RPC_WORKER",
+        "p2p.rpc_worker",
+        "Lend this box's memory to paired peers' split models (llama.cpp RPC, via the peer port)",
+    ),
+    Setting(
+        "split_models",
+        "OFFGRID_SPLIT_MODELS",
+        "p2p.split_models",
+        "Model ids to spread over paired peers' RPC workers, by their free memory (','-separated)",
     ),
 )
 

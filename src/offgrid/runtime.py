@@ -69,9 +69,19 @@ class Runtime:
     async def start(cls, settings: Settings) -> Runtime:
         registry = Registry.for_settings(settings)
         gpu = await asyncio.to_thread(manages_gpu, settings)
+        guard = Guard(
+            KeyStore.for_settings(settings),
+            inference={*ROUTES, *FORM_ROUTES, "/api/show"},  # Ollama's show: a POST that reads
+            open_without_keys=open_without_keys(settings),
+        )
+        pulls = Pulls(registry)
+        p2p = None
+        if settings.p2p:
+            relayed = frozenset({*ROUTES, *FORM_ROUTES})
+            p2p = await Node.start(settings, registry, pulls, guard.peer_key, relayed)
         scheduler = Scheduler(
             registry,
-            make_starter(settings, gpu),
+            make_starter(settings, gpu, p2p.engine_args if p2p else None),
             policy=scheduler_policy(settings),
             plan=functools.partial(plan_placement, settings, gpu),
             available=lambda: Memory(available_memory(), gpu_free_memory() if gpu else 0),
@@ -84,22 +94,12 @@ class Runtime:
         watch = asyncio.create_task(
             watch_folders(settings.model_folders, scheduler.unload_changed, stop_watch)
         )
-        guard = Guard(
-            KeyStore.for_settings(settings),
-            inference={*ROUTES, *FORM_ROUTES, "/api/show"},  # Ollama's show: a POST that reads
-            open_without_keys=open_without_keys(settings),
-        )
+        if p2p is not None:
+            p2p.status = scheduler.status
         aliases = load_aliases(settings.data_dir / "aliases.json") | parse_aliases(
             settings.model_aliases
         )
-        pulls = Pulls(registry)
         imports = ImportJobs(registry, settings.data_dir / "keys", settings.import_roots)
-        p2p = None
-        if settings.p2p:
-            relayed = frozenset({*ROUTES, *FORM_ROUTES})
-            p2p = await Node.start(
-                settings, registry, pulls, scheduler.status, guard.peer_key, relayed
-            )
         metrics.start()  # the history's timer, stopped by close()
         return cls(
             settings,
@@ -129,8 +129,8 @@ class Runtime:
             if self.p2p is not None:
                 await self.p2p.close()
 
-        steps = (lambda: self._watch, self.pulls.close, self.imports.close, p2p)
-        for step in (*steps, self.scheduler.close, self.relay.close, registry):
+        steps = (lambda: self._watch, self.pulls.close, self.imports.close, self.scheduler.close)
+        for step in (*steps, p2p, self.relay.close, registry):  # p2p: engines use its tunnels
             try:
                 await step()
             except Exception:

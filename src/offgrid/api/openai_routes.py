@@ -34,7 +34,7 @@ async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     cards = [_model_card(m) for m in models]
     by_id = {c["id"]: c for c in cards}
     cards += [{**by_id[t], "id": a} for a, t in runtime.aliases.items() if t in by_id]
-    federation = runtime.p2p.federation if runtime.p2p else None
+    federation = runtime.p2p.federation if runtime.p2p and runtime.settings.federation else None
     for model, peer in (federation.offered() if federation else {}).items():
         if model not in by_id:  # a peer's model, served here through federation
             cards.append({"id": model, "object": "model", "created": 0, "owned_by": "offgrid-llm"})

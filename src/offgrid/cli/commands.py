@@ -95,6 +95,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "config": ("config_cmd:app", "Show, create or check the configuration."),
     "peers": ("peers_cmd:app", "LAN peers: pair (a one-time code), list, forget."),
+    "rpc-worker": (
+        "serve:rpc_worker",
+        "Serve with an RPC worker that paired peers may put model layers on (mutual TLS).",
+    ),
     "pull": (
         "peers_cmd:pull",
         "Pull a model from a paired peer on the LAN: resumable, checked against its manifest.",

@@ -32,3 +32,20 @@ def serve(
     )
     configure(settings)
     make_server(settings).run()
+
+
+def rpc_worker(
+    port: Annotated[int | None, typer.Option(help="Port of the API [OFFGRID_PORT]")] = None,
+    p2p_port: Annotated[
+        int | None, typer.Option(help="Port of the peer listener [OFFGRID_P2P_PORT]")
+    ] = None,
+) -> None:
+    """The server, with P2P on and llama.cpp's rpc-server as its child on 127.0.0.1:
+    paired peers that split a model (OFFGRID_SPLIT_MODELS) put layers here, through the
+    peer listener's mutual TLS only. Ctrl-C stops both."""
+    from offgrid.logs import configure
+    from offgrid.server import make_server
+
+    settings = settings_from(port=port, p2p_port=p2p_port, p2p=True, rpc_worker=True)
+    configure(settings)
+    make_server(settings).run()

@@ -104,15 +104,20 @@ def estimate(settings: Settings, model: ModelInfo) -> dict[str, int]:
 
 
 def make_starter(
-    settings: Settings, gpu: bool
+    settings: Settings,
+    gpu: bool,
+    extra: Callable[[ModelInfo], Awaitable[list[str]]] | None = None,
 ) -> Callable[[ModelInfo, Placement], Awaitable[Engine]]:
     """``start(model, placement)`` for the scheduler: find the engine, start it on ``model``
-    with the placement's GPU layers when OffGrid manages the GPU."""
+    with the placement's GPU layers when OffGrid manages the GPU, and the arguments
+    ``extra`` gives for it at that moment (a split over peers' RPC workers, ``p2p.rpc``)."""
 
     async def start(model: ModelInfo, placement: Placement) -> Engine:
         options = engine_options(settings, model.id)
         if gpu:
             options = replace(options, gpu_layers=placement.gpu_layers)
+        if extra is not None and (more := await extra(model)):
+            options = replace(options, extra_args=(*more, *options.extra_args))
         return await Engine.start(
             find_engine(settings),
             model,

@@ -1,5 +1,6 @@
 """Federation (``OFFGRID_FEDERATION=1``): a request for a model this node does not have goes
-to a paired peer that has it, over the peer listener's mutual TLS.
+to a paired peer that has it, over the peer listener's mutual TLS. (The peers' loads are
+kept whenever P2P is on: split models plan with them too, ``p2p.rpc``.)
 
 Every few seconds each paired peer is asked ``/p2p/hello``: its models, which are loaded,
 how busy they are, and how long the answer took. A request is sent to a peer that has the
@@ -45,6 +46,7 @@ class PeerLoad:
     loaded: list[str] = field(default_factory=list)
     busy: int = 0  # requests running and queued, over its loaded models
     latency_ms: float | None = None
+    rpc_free: int | None = None  # memory its RPC worker offers (None: it runs none)
     at: float = 0.0
     error: str = ""
 
@@ -87,6 +89,13 @@ class Federation:
         host, port = host_port(peer.address)
         return f"https://{f'[{host}]' if ':' in host else host}:{port}{path}"
 
+    async def rpc_socket(self, peer: Peer) -> aiohttp.ClientWebSocketResponse:
+        """A websocket to the peer's RPC worker (``p2p.rpc``), inside the mutual TLS."""
+        assert self._session is not None
+        return await self._session.ws_connect(
+            self._url(peer, "/p2p/rpc"), ssl=self._context(peer), max_msg_size=0, autoping=True
+        )
+
     async def _poll(self) -> None:
         while True:
             await self.refresh()
@@ -116,7 +125,9 @@ class Federation:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return PeerLoad(at=time.time(), error=str(exc) or type(exc).__name__)
         loaded = hello.get("loaded", [])
+        rpc = hello.get("rpc") or {}
         return PeerLoad(
+            rpc_free=int(rpc["free_bytes"]) if rpc.get("alive") else None,
             models=[str(m) for m in hello.get("models", [])],
             loaded=[str(m["id"]) for m in loaded],
             busy=sum(int(m.get("busy", 0)) for m in loaded),

@@ -9,6 +9,7 @@ pairing (the handshake is refused otherwise: ``pair.offgrid`` names it). Routes:
     GET  /p2p/hello                      name, version, fingerprint, models, load
     GET  /p2p/manifest                   the signed list of models and files (``manifest``)
     GET  /p2p/models/{model}/{file}      a model's file, with HTTP Range (resumable pulls)
+    GET  /p2p/rpc                        a websocket to this node's RPC worker (``rpc``)
     POST /p2p/relay/{route}              a federated request (``federation``), handed to this
                                          server's own API as it came; its answer as it is made
 
@@ -31,6 +32,7 @@ from offgrid.p2p.federation import HOP_HEADER
 from offgrid.p2p.identity import Identity, fingerprint
 from offgrid.p2p.pairing import Pairing, proof
 from offgrid.p2p.peers import NAME, Peer, PeerStore
+from offgrid.p2p.rpc import pipe_ws_to_tcp
 
 if TYPE_CHECKING:
     import aiohttp
@@ -53,6 +55,7 @@ class Served(Protocol):
     settings: Settings
 
     def server_context(self) -> ssl.SSLContext: ...
+    def rpc_port(self) -> int | None: ...
     def trust(self, name: str, cert: str, fingerprint: str, host: str, port: int) -> Peer: ...
     def hello(self) -> dict[str, Any]: ...
     def manifest(self) -> dict[str, Any]: ...
@@ -85,6 +88,7 @@ class Listener:
         app.router.add_get("/p2p/manifest", self._manifest)
         app.router.add_get("/p2p/models/{model}/{file}", self._file)
         app.router.add_post("/p2p/relay/{route:.+}", self._relay)
+        app.router.add_get("/p2p/rpc", self._rpc)
         ctx = self.node.server_context()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -200,3 +204,16 @@ class Listener:
                 await answer.write(chunk)
             await answer.write_eof()
             return answer
+
+    async def _rpc(self, request: web.Request) -> web.StreamResponse:
+        """One connection of a peer's engine to this node's RPC worker, as a websocket."""
+        from aiohttp import web
+
+        port = self.node.rpc_port()
+        if port is None:
+            raise NotFoundError("This node runs no RPC worker (offgrid rpc-worker starts one).")
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        log.info("peer %s's engine uses this node's RPC worker", request["peer"].name)
+        await pipe_ws_to_tcp(ws, port)
+        return ws

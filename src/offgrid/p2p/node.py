@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from offgrid.config import Settings
 from offgrid.hub.download import Origin
 from offgrid.hub.pulls import Pull, Pulls
 from offgrid.models.keys import Keys
-from offgrid.models.registry import Registry
+from offgrid.models.registry import ModelInfo, Registry
 from offgrid.p2p.client import PeerClient, address_of, pair
 from offgrid.p2p.discovery import Discovery, Seen
 from offgrid.p2p.federation import Federation
@@ -27,6 +28,8 @@ from offgrid.p2p.listener import Listener
 from offgrid.p2p.manifest import build, remote_model
 from offgrid.p2p.pairing import Pairing
 from offgrid.p2p.peers import NAME, Peer, PeerStore
+from offgrid.p2p.rpc import RpcWorker, Tunnel, plan_split
+from offgrid.resources import available_memory
 
 __all__ = ["Node", "node_name"]
 
@@ -46,28 +49,32 @@ Status = Callable[[], list[dict[str, object]]]
 class Node:
     """The LAN side of a server; ``await Node.start(...)``, then ``close()``.
 
-    ``status`` is the scheduler's (what is loaded, how busy), ``peer_key`` the secret the
-    listener sends when it hands a federated request to this server's own API, and
-    ``relayed`` the API routes such a request may take (the inference routes)."""
+    ``peer_key`` is the secret the listener sends when it hands a federated request to this
+    server's own API, ``relayed`` the API routes such a request may take (the inference
+    routes); ``status`` is set to the scheduler's (what is loaded, how busy) once it is
+    built (it starts engines with ``engine_args``, so it comes after this node)."""
 
     def __init__(
         self,
         settings: Settings,
         registry: Registry,
         pulls: Pulls,
-        status: Status,
         peer_key: str,
         relayed: frozenset[str],
     ) -> None:
         self.settings, self.registry, self.pulls = settings, registry, pulls
-        self.status, self.peer_key = status, peer_key
+        self.peer_key = peer_key
+        self.status: Status = list
         self.keys = Keys(settings.data_dir / "keys")
         self.identity = Identity.load(self.keys, node_name(settings))
         self.peers = PeerStore(settings.data_dir / "p2p" / "peers.json")
         self.pairing = Pairing(settings.p2p_token)
         self.listener = Listener(self, relayed)
         self.discovery: Discovery | None = None
-        self.federation = Federation(self.identity, self.peers) if settings.federation else None
+        self.federation = Federation(self.identity, self.peers)  # peers' loads, and routing
+        self.worker = _worker(settings) if settings.rpc_worker else None
+        self.tunnels: dict[str, Tunnel] = {}  # to peers' RPC workers, by fingerprint
+        self.split_models = {m.strip() for m in settings.split_models.split(",") if m.strip()}
         self._clients: dict[str, PeerClient] = {}  # by fingerprint, for pulls
 
     @classmethod
@@ -76,17 +83,15 @@ class Node:
         settings: Settings,
         registry: Registry,
         pulls: Pulls,
-        status: Status,
         peer_key: str,
         relayed: frozenset[str],
     ) -> Node:
         """This node on the LAN, listening (and announcing, and federating if asked)."""
-        node = await asyncio.to_thread(
-            lambda: cls(settings, registry, pulls, status, peer_key, relayed)
-        )
+        node = await asyncio.to_thread(lambda: cls(settings, registry, pulls, peer_key, relayed))
         await node.listener.start(settings.p2p_host, settings.p2p_port)
-        if node.federation is not None:
-            await node.federation.start()
+        await node.federation.start()
+        if node.worker is not None:
+            await node.worker.start()
         node.discovery = Discovery(
             node.identity.name,
             node.identity.fingerprint,
@@ -102,8 +107,11 @@ class Node:
         return node
 
     async def close(self) -> None:
-        if self.federation is not None:
-            await self.federation.close()
+        for tunnel in self.tunnels.values():
+            await tunnel.close()
+        if self.worker is not None:
+            await self.worker.close()
+        await self.federation.close()
         if self.discovery is not None:
             await self.discovery.close()
         await self.listener.close()
@@ -133,7 +141,14 @@ class Node:
             "fingerprint": self.identity.fingerprint,
             "models": [m.id for m in self.registry.list() if m.error is None],
             "loaded": loaded,
+            "rpc": {"alive": self.worker.alive, "free_bytes": available_memory()}
+            if self.worker
+            else None,
         }
+
+    def rpc_port(self) -> int | None:
+        """Where this node's RPC worker listens (127.0.0.1), if it runs one."""
+        return self.worker.port if self.worker is not None and self.worker.alive else None
 
     def manifest(self) -> dict[str, Any]:
         return build(self.registry, self.keys, self.identity.name)
@@ -142,7 +157,7 @@ class Node:
     def state(self) -> dict[str, Any]:
         """This node, its paired peers, and the nodes heard on the LAN not paired yet."""
         heard = {s.fingerprint: s for s in (self.discovery.list() if self.discovery else [])}
-        loads = self.federation.loads if self.federation else {}
+        loads = self.federation.loads
         peers = [
             p.public()
             | {"seen": p.fingerprint in heard}
@@ -157,7 +172,8 @@ class Node:
                 "fingerprint": self.identity.fingerprint,
                 "port": self.listener.port,
                 "discovery": self.discovery is not None,
-                "federation": self.federation is not None,
+                "federation": self.settings.federation,
+                "rpc_worker": self.rpc_port() is not None,
             },
             "pairing": self.pairing.state(),
             "peers": peers,
@@ -201,3 +217,41 @@ class Node:
             denied="it does not trust this node any more; pair again.",
         )
         return self.pulls.start(remote, rate=rate, origin=origin)
+
+    # -- models split over peers' RPC workers (``p2p.rpc``) ---------------------------
+    async def engine_args(self, model: ModelInfo) -> list[str]:
+        """The engine arguments that spread ``model`` over the peers' RPC workers, when it
+        is one to split and a worker has room; none otherwise (it runs here alone)."""
+        if model.id not in self.split_models or model.gguf is None:
+            return []
+        if not self.federation.loads:
+            await self.federation.refresh()
+        workers: dict[str, int] = {}
+        for peer in self.peers.list():
+            load = self.federation.loads.get(peer.fingerprint)
+            if load is None or load.error or load.rpc_free is None:
+                continue
+            tunnel = await self._tunnel(peer)
+            if not tunnel.lost:
+                workers[f"127.0.0.1:{tunnel.port}"] = load.rpc_free
+        split = plan_split(model.gguf.block_count, available_memory(), workers)
+        if split is None:
+            log.info("%s starts on this box alone: no RPC worker of a peer can take it", model.id)
+            return []
+        log.info("%s: %d layers over RPC workers %s", model.id, split.layers, split.endpoints)
+        return split.args()
+
+    async def _tunnel(self, peer: Peer) -> Tunnel:
+        tunnel = self.tunnels.get(peer.fingerprint)
+        if tunnel is None:
+            tunnel = Tunnel(peer.name, lambda: self.federation.rpc_socket(peer))
+            await tunnel.start()
+            self.tunnels[peer.fingerprint] = tunnel
+        return tunnel
+
+
+def _worker(settings: Settings) -> RpcWorker:
+    from offgrid.engine.build import find_engine
+
+    threads = settings.num_threads or (os.cpu_count() or 1)
+    return RpcWorker(find_engine(settings).rpc_server, threads, settings.cache_dir / "logs")

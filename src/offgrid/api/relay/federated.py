@@ -25,7 +25,7 @@ _KEPT = frozenset({"content-type", "retry-after", "cache-control", "x-accel-buff
 def federates(runtime: Runtime, call: Call, model: str) -> bool:
     """Whether this request goes to a peer: federation on, the model neither loaded nor
     installed here, and the request not sent by a peer already."""
-    if runtime.p2p is None or runtime.p2p.federation is None:
+    if runtime.p2p is None or not runtime.settings.federation:
         return False
     if model in runtime.scheduler.loaded() or any(
         name == HOP_HEADER.encode() for name, _ in call.scope["headers"]
@@ -37,7 +37,7 @@ def federates(runtime: Runtime, call: Call, model: str) -> bool:
 async def federate(call: Call, runtime: Runtime, body: bytes, model: str) -> int | None:
     """Relay the request to a peer that has ``model``; the status sent, or None when no
     peer has it (the request is then answered here, as any unknown model is)."""
-    assert runtime.p2p is not None and runtime.p2p.federation is not None
+    assert runtime.p2p is not None
     path, send = call.scope["path"], call.send
     given = dict(call.scope["headers"]).get(b"content-type", b"application/json")
     headers = {"content-type": given.decode("latin-1")}
