@@ -379,6 +379,7 @@ def test_a_worker_lost_mid_stream_gives_an_error_event_and_the_next_request_runs
         "model": SPLIT,
         "messages": [{"role": "user", "content": "Count from 1 to 500, one per line."}],
         "max_tokens": 2000,
+        "ignore_eos": True,  # the engine's own option: no early end, whatever it samples
         "stream": True,
     }
     with requests.post(
@@ -389,8 +390,7 @@ def test_a_worker_lost_mid_stream_gives_an_error_event_and_the_next_request_runs
                 events.append(line)
                 if len(events) == 5:
                     worker.kill()  # the worker's box loses it mid-stream
-    assert len(events) > 5
-    assert b'"error"' in events[-1], events[-3:]
+    assert len(events) > 5 and b'"error"' in events[-1], events[-3:]
     reply = nodes.a.client().chat.completions.create(
         model=SPLIT, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
     )
@@ -418,7 +418,8 @@ def test_a_forgotten_peer_is_refused(nodes: Nodes) -> None:
     got = api(
         nodes.b, "POST", "/api/pulls", json={"peer": "node-a", "model": STARTER_ID, "stream": False}
     )
-    assert got.status_code == 403 and "does not know" in got.json()["error"]["message"], got.text
+    # refused in the handshake (a new connection) or at the request (a kept one)
+    assert got.status_code in (403, 503) and "trust" in got.json()["error"]["message"], got.text
     assert api(nodes.b, "DELETE", "/api/peers/node-a").status_code == 200
 
 

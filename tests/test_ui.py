@@ -34,6 +34,7 @@ from conftest import (
 from fake_hub import FakeHub
 from offgrid.auth.keys import KeyStore
 from offgrid.engine.build import EngineBinary
+from offgrid.engine.process import free_port
 from offgrid.models.starter import GEMMA, STARTER
 
 CHROMIUM = os.environ.get("OFFGRID_CHROMIUM", "/usr/bin/chromium")
@@ -335,6 +336,48 @@ def test_pull_from_the_hub_shows_live_progress(
             assert page.locator(".pull progress").evaluate("b => b.value") == 100
             page.wait_for_selector(f"#models-table tbody tr:has-text('{STARTER_ID}')")
             assert hub.served[SMOL] == (model_store / SMOL).stat().st_size
+
+
+def test_pull_from_a_paired_peer_shows_progress(
+    browser: Browser, tmp_path: Path, model_store: Path, engine_binary: EngineBinary
+) -> None:
+    """Two nodes paired on loopback (no discovery): B's models page lists A's models and
+    pulls one with the same progress as a Hub pull."""
+    ports = {"a": free_port(), "b": free_port()}
+    servers = {}
+    for name, files in (("a", {SMOL: SMOL}), ("b", {})):
+        (tmp_path / name / "home").mkdir(parents=True)
+        servers[name] = start_server(
+            tmp_path / name,
+            link_models(model_store, tmp_path / name / "models", files),
+            engine_binary,
+            OFFGRID_P2P="1",
+            OFFGRID_P2P_HOST="127.0.0.1",
+            OFFGRID_P2P_PORT=str(ports[name]),
+            OFFGRID_P2P_DISCOVERY="0",
+            OFFGRID_NODE_NAME=f"node-{name}",
+        )
+    a, b = servers["a"], servers["b"]
+    try:
+        code = requests.post(f"{a.url}/api/peers/pairing", timeout=10).json()["code"]
+        body = {"address": f"127.0.0.1:{ports['a']}", "code": code}
+        requests.post(f"{b.url}/api/peers", json=body, timeout=30).raise_for_status()
+
+        def offered() -> bool:
+            state = requests.get(f"{b.url}/api/peers", timeout=10).json()
+            return STARTER_ID in state["peers"][0].get("load", {}).get("models", [])
+
+        wait_for(offered, 15 * SLOWDOWN, "B to hear A's models (asked every 5 s)")
+        with own_page(browser, b) as page:
+            page.goto(f"{b.url}/ui#models")
+            page.click(f"#peer-models tbody tr:has-text('{STARTER_ID}') button")
+            page.wait_for_selector(".pull:has-text('done')")
+            assert "peer:node-a" in page.locator(".pull").first.inner_text()
+            page.wait_for_selector(f"#models-table tbody tr:has-text('{STARTER_ID}')")
+        pulled = tmp_path / "b" / "models" / SMOL
+        assert pulled.stat().st_size == STARTER.size
+    finally:
+        a.stop()
 
 
 def test_conversations_are_kept_renamed_and_deleted(page: Page, server: Server) -> None:

@@ -88,6 +88,7 @@ class Settings:
     p2p: bool = False
     p2p_host: str = "0.0.0.0"
     p2p_port: int = 11612
+    p2p_discovery: bool = True
     p2p_token: str = field(default="", repr=False)  # a secret, like api_key
     node_name: str = ""
     federation: bool = False
@@ -269,6 +270,12 @@ FIELDS: tuple[Setting, ...] = (
     ),
     Setting("p2p_host", "OFFGRID_P2P_HOST", "p2p.host", "Bind address of the peer listener"),
     Setting("p2p_port", "OFFGRID_P2P_PORT", "p2p.port", "Port of the peer listener (mutual TLS)"),
+    Setting(
+        "p2p_discovery",
+        "OFFGRID_P2P_DISCOVERY",
+        "p2p.discovery",
+        "Announce this node and hear others by multicast DNS-SD (off: peers by address only)",
+    ),
     Setting(
         "p2p_token",
         "OFFGRID_P2P_TOKEN",

@@ -73,11 +73,14 @@ class Discovery:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        from zeroconf import IPVersion
+        from zeroconf import InterfaceChoice, IPVersion
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
         addresses = _addresses(self.host)
-        self._zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
+        bound = self.host not in ("", "0.0.0.0", "::")  # then only on that address's link
+        self._zc = AsyncZeroconf(
+            ip_version=IPVersion.V4Only, interfaces=[self.host] if bound else InterfaceChoice.All
+        )
         self._info = AsyncServiceInfo(
             SERVICE,
             f"{self.name}-{self.fingerprint[:8]}.{SERVICE}",

@@ -115,7 +115,9 @@ class Listener:
                 der = self._peer_cert(request)
                 peer = self.node.peers.by_fingerprint(fingerprint(der)) if der else None
                 if peer is None:
-                    raise PermissionDeniedError("This node does not know you: pair first.")
+                    raise PermissionDeniedError(
+                        "This node does not trust you (never paired, or forgotten): pair again."
+                    )
                 request["peer"] = peer
             return await handler(request)
         except OffGridError as exc:

@@ -1,6 +1,7 @@
 """This node on the LAN: its identity, the peers it trusts, pairing, the peer listener,
-discovery, and pulls from peers. Built by the runtime only when P2P is on; with it off,
-nothing of this runs and nothing listens beyond loopback.
+discovery, pulls from peers, the peers' loads (for federation), and models split over
+peers' RPC workers. Built by the runtime only when P2P is on; with it off, nothing of this
+runs and nothing listens beyond loopback.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class Node:
         await node.federation.start()
         if node.worker is not None:
             await node.worker.start()
+        if not settings.p2p_discovery:
+            return node
         node.discovery = Discovery(
             node.identity.name,
             node.identity.fingerprint,

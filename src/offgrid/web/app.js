@@ -483,6 +483,7 @@ $("#toggle-sidebar").addEventListener("click", () => document.body.classList.tog
 const models = {
   async show() {
     await this.refresh();
+    await this.peers();
     const running = await api("/api/pulls").catch(() => ({ pulls: [] }));
     for (const pull of running.pulls) if (!$(`#pull-${pull.id}`)) this.watch(pull, call(`/api/pulls/${pull.id}/events`));
   },
@@ -530,6 +531,34 @@ const models = {
     return tr;
   },
 
+  async peers() {
+    const note = $("#peers-note");
+    const table = $("#peer-models");
+    try {
+      const data = await api("/api/peers");
+      const rows = [];
+      for (const peer of data.peers) {
+        for (const id of peer.load?.models || []) {
+          const tr = make("tr");
+          for (const text of [id, peer.name, peer.address]) tr.append(make("td", text));
+          const td = make("td");
+          const pull = make("button", "Pull", "primary");
+          pull.addEventListener("click", () => this.pull({ peer: peer.name, model: id }));
+          td.append(pull);
+          tr.append(td);
+          rows.push(tr);
+        }
+      }
+      table.querySelector("tbody").replaceChildren(...rows);
+      table.hidden = !rows.length;
+      if (!data.enabled) note.textContent = "P2P is off on this server (OFFGRID_P2P=1 turns it on).";
+      else if (!data.peers.length) note.textContent = "No paired peer yet: run `offgrid peers pair` on one node, then pair from the other.";
+      else note.textContent = rows.length ? "" : "The paired peers have reported no model yet (they do every few seconds).";
+    } catch (err) {
+      note.textContent = humanError(err);
+    }
+  },
+
   async search(q, quant) {
     const note = $("#hub-note");
     note.textContent = "Searching…";
@@ -567,7 +596,7 @@ const models = {
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
     });
-    this.watch({ id: null, model_id: body.file || body.repo }, resp);
+    this.watch({ id: null, model_id: body.file || body.repo || body.model }, resp);
   },
 
   async watch(pull, respPromise) {
