@@ -58,11 +58,38 @@ def _pull(b_url: str, model: str) -> float:
     return took
 
 
-def _curl(node: Any, url: str, dest: Path, *tls: str) -> float:
+def _curl(node: Any, url: str, dest: Path, *tls: str, sync: bool = False) -> float:
+    """Seconds for curl to fetch ``url`` into ``dest``; with ``sync``, until the file is
+    on the disk too (what a pull guarantees before it names a model)."""
     began = time.perf_counter()
     node.exec(["curl", "-sSf", *tls, "-o", str(dest), url], check=True)
+    if sync:
+        node.exec(["sync", str(dest)], check=True)
     took = time.perf_counter() - began
     dest.unlink()
+    return took
+
+
+def _transfer_only(node: Any, home: Path, peer_home: Path, url: str) -> float:
+    """Seconds for B's own peer client (httpx2, mutual TLS) to receive the file, kept in no
+    file: the network and TLS part of a pull, without the disk."""
+    import httpx2
+
+    from offgrid.models.keys import Keys
+    from offgrid.p2p.identity import Identity, client_context
+
+    me = Identity.load(Keys(home / ".local/share/offgrid/keys"), "node-b")
+    cert = (peer_home / ".local/share/offgrid/keys/node.crt").read_text()
+
+    def fetch() -> float:
+        with httpx2.Client(verify=client_context(me, cert), timeout=60) as client:
+            began = time.perf_counter()
+            with client.stream("GET", url) as resp:
+                for _block in resp.iter_raw():
+                    pass
+            return time.perf_counter() - began
+
+    took: float = node.call(fetch)
     return took
 
 
@@ -144,20 +171,29 @@ def _report(rounds: int, lan: Lan, a: Any, b: Any, tmp: Path) -> None:
         30,
         "http.server on A",
     )
-    pulls, curls, plains = [], [], []
+    pulls, curls, synced, plains, bare = [], [], [], [], []
+    homes = Path(b.env["HOME"]), Path(a.env["HOME"])
     for _ in range(rounds):
         pulls.append(_pull(b.url, gemma))
+        bare.append(_transfer_only(b_node, *homes, peer_url))
         curls.append(_curl(b_node, peer_url, dest, *tls))
+        synced.append(_curl(b_node, peer_url, dest, *tls, sync=True))
         plains.append(_curl(b_node, plain_url, dest))
     http.terminate()
     mb = size / 1e6
-    pull_s, curl_s, plain_s = (statistics.median(x) for x in (pulls, curls, plains))
-    print(f"pull of {mb:.0f} MB, median of {rounds}:")
+    pull_s, curl_s, sync_s, plain_s, bare_s = (
+        statistics.median(x) for x in (pulls, curls, synced, plains, bare)
+    )
+    print(f"pull of {mb:.0f} MB over a veth, median of {rounds}:")
     print(f"  offgrid pull (mTLS, hashed, fsynced, registered) {mb / pull_s:7.1f} MB/s")
-    print(f"  curl, same listener and certificate (mTLS)      {mb / curl_s:7.1f} MB/s")
+    print(f"  offgrid's peer client alone, no disk (mTLS)      {mb / bare_s:7.1f} MB/s")
+    print(f"  curl, same listener and certificate (mTLS)       {mb / curl_s:7.1f} MB/s")
+    print(f"  curl + sync of the file, same mTLS               {mb / sync_s:7.1f} MB/s")
     print(f"  curl, plain HTTP over the same veth              {mb / plain_s:7.1f} MB/s")
     print(
-        f"  ratio pull / curl mTLS {curl_s / pull_s:.2f}, pull / curl plain {plain_s / pull_s:.2f}"
+        f"  ratio pull / curl mTLS {curl_s / pull_s:.2f}, / curl+sync {sync_s / pull_s:.2f}, "
+        f"/ curl plain {plain_s / pull_s:.2f}; peer client alone / curl mTLS "
+        f"{curl_s / bare_s:.2f}"
     )
 
     wait_for(
