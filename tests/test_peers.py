@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -26,9 +27,10 @@ import psutil
 import pytest
 import requests
 
-from conftest import SLOWDOWN, STARTER_ID, Server, link_models, wait_for
+from conftest import SLOWDOWN, STARTER_ID, Server, link_models, start_server, wait_for
 from lan import Lan, Node, available, start_node_server
 from offgrid.engine.build import EngineBinary
+from offgrid.engine.process import free_port
 from offgrid.models.starter import STARTER
 from offgrid.p2p.identity import PAIRING_NAME
 from offgrid.p2p.pairing import Pairing, derive_key, new_code, proof
@@ -433,3 +435,52 @@ def test_with_p2p_off_nothing_listens_beyond_loopback(server: Server) -> None:
     assert api(server, "GET", "/api/peers").json()["enabled"] is False
     got = api(server, "POST", "/api/peers/pairing")
     assert got.status_code == 400 and "OFFGRID_P2P=1" in got.json()["error"]["message"]
+
+
+def test_a_fleet_token_pairs_through_the_cli_and_forget_undoes_it(
+    tmp_path: Path, engine_binary: EngineBinary
+) -> None:
+    """On loopback (no namespaces, no discovery): B pairs with A by the fleet's token
+    through `offgrid peers pair`, lists it, forgets it; a wrong token is refused."""
+    token = "fleet-secret-0123456789"
+    ports = {"a": free_port(), "b": free_port()}
+    servers = {}
+    for name in ("a", "b"):
+        (tmp_path / name / "home").mkdir(parents=True)
+        (tmp_path / name / "models").mkdir()
+        servers[name] = start_server(
+            tmp_path / name,
+            tmp_path / name / "models",
+            engine_binary,
+            OFFGRID_P2P="1",
+            OFFGRID_P2P_HOST="127.0.0.1",
+            OFFGRID_P2P_PORT=str(ports[name]),
+            OFFGRID_P2P_DISCOVERY="0",
+            OFFGRID_P2P_TOKEN=token if name == "a" else "",
+            OFFGRID_NODE_NAME=f"node-{name}",
+        )
+    a, b = servers["a"], servers["b"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "offgrid", "peers", *args],
+            env=b.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        address = f"127.0.0.1:{ports['a']}"
+        wrong = cli("pair", address, "--token", "not-the-fleet-secret")
+        assert wrong.returncode == 1 and "Wrong pairing code" in wrong.stderr
+        done = cli("pair", address, "--token", token)
+        assert done.returncode == 0 and "Paired with node-a" in done.stdout, done.stderr
+        listed = cli("list")
+        assert "node-a" in listed.stdout and address in listed.stdout
+        assert [p["name"] for p in peers(a)["peers"]] == ["node-b"]
+        gone = cli("forget", "node-a")
+        assert gone.returncode == 0 and peers(b)["peers"] == []
+    finally:
+        a.stop()
+        b.stop()

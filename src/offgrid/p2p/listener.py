@@ -76,6 +76,7 @@ class Listener:
         self.relayed = relayed  # the API routes a peer may send requests to: inference only
         self._runner: web.AppRunner | None = None
         self._local: aiohttp.ClientSession | None = None  # to this server's own API
+        self._checking = asyncio.Lock()  # one pairing proof at a time: scrypt is dear
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
@@ -145,10 +146,10 @@ class Listener:
         except ValueError as exc:
             raise BadRequestError("The pairing request carries no certificate") from exc
         me = self.node.identity
-        # scrypt: off the loop
-        key = await asyncio.to_thread(
-            self.node.pairing.check, me.fingerprint, client_fp, nonce, their
-        )
+        async with self._checking:  # scrypt, off the loop, one at a time (a guesser is slowed)
+            key = await asyncio.to_thread(
+                self.node.pairing.check, me.fingerprint, client_fp, nonce, their
+            )
         host = request.remote or ""
         peer = self.node.trust(name, cert, client_fp, host, port)
         log.info("paired with %s (%s…) at %s", peer.name, client_fp[:16], peer.address)
