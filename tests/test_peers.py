@@ -484,3 +484,61 @@ def test_a_fleet_token_pairs_through_the_cli_and_forget_undoes_it(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_model_with_no_room_here_goes_to_a_peer_then_over_an_rpc_worker(
+    tmp_path: Path, model_store: Path, engine_binary: EngineBinary
+) -> None:
+    """On loopback: A may give its engines only 60 % of what the starter needs
+    (OFFGRID_MEMORY). Paired with B, which has the model, A's request is answered by B
+    (federation, when it cannot fit). Paired also with W, an RPC worker, A plans the model
+    over W and runs it itself, part of its layers on W."""
+    need = 584_385_100  # the starter's estimate here (`offgrid show --json`: memory)
+    token = "fleet-secret-0123456789"
+    ports = {n: free_port() for n in ("a", "b", "w")}
+    env = {"a": {"OFFGRID_MEMORY": str(int(need * 0.6))}, "w": {"OFFGRID_RPC_WORKER": "1"}}
+    servers = {}
+    for name in ("a", "b", "w"):
+        (tmp_path / name / "home").mkdir(parents=True)
+        files = {} if name == "w" else {STARTER.file_name: STARTER.file_name}
+        servers[name] = start_server(
+            tmp_path / name,
+            link_models(model_store, tmp_path / name / "models", files),
+            engine_binary,
+            OFFGRID_P2P="1",
+            OFFGRID_P2P_HOST="127.0.0.1",
+            OFFGRID_P2P_PORT=str(ports[name]),
+            OFFGRID_P2P_DISCOVERY="0",
+            OFFGRID_P2P_TOKEN=token,
+            OFFGRID_FEDERATION="1",
+            OFFGRID_NODE_NAME=f"node-{name}",
+            **env.get(name, {}),
+        )
+    a = servers["a"]
+    chat = {"model": STARTER_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    try:
+        alone = api(a, "POST", "/v1/chat/completions", json=chat)
+        assert alone.status_code == 503, alone.text  # no room, no peer: refused as before
+        for peer in ("b", "w"):
+            body = {"address": f"127.0.0.1:{ports[peer]}", "token": token}
+            assert api(a, "POST", "/api/peers", json=body).status_code == 201
+
+        def told(what: str) -> bool:
+            loads = [p.get("load", {}) for p in peers(a)["peers"]]
+            return len(loads) == 2 and all(load.get("at") for load in loads) and what in str(loads)
+
+        wait_for(lambda: told("rpc_free"), 15 * SLOWDOWN, "A to hear of B's models and W's worker")
+        # B has the model and room; W's worker too: the split, planned first, wins
+        split = api(a, "POST", "/v1/chat/completions", json=chat)
+        assert split.status_code == 200 and "x-offgrid-peer" not in split.headers, split.text
+        log = (Path(a.env["OFFGRID_CACHE_DIR"]) / "logs" / f"engine-{STARTER_ID}.log").read_text()
+        assert "--rpc 127.0.0.1:" in log.splitlines()[0] and "RPC0[" in log
+        # without the worker (W forgotten, the engine stopped), B answers for A
+        assert api(a, "DELETE", "/api/peers/node-w").status_code == 200
+        assert api(a, "POST", f"/api/models/{STARTER_ID}/unload").status_code == 200
+        federated = api(a, "POST", "/v1/chat/completions", json=chat)
+        assert federated.status_code == 200, federated.text
+        assert federated.headers["x-offgrid-peer"] == "node-b"
+    finally:
+        for srv in servers.values():
+            srv.stop()

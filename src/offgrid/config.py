@@ -72,6 +72,7 @@ class Settings:
     parallel: int = 4
     gpu_layers: int = -1
     gpu_memory: str = "0"
+    memory: str = "0"
     load_timeout: float = 300.0
     max_request_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
@@ -188,6 +189,12 @@ FIELDS: tuple[Setting, ...] = (
         "OFFGRID_GPU_MEMORY",
         "inference.gpu_memory",
         "Most GPU memory all engines together may take: 12GiB, 8000MiB (0 = all that is free)",
+    ),
+    Setting(
+        "memory",
+        "OFFGRID_MEMORY",
+        "inference.memory",
+        "Most RAM all engines together may take: 8GiB (0 = all that is available)",
     ),
     Setting(
         "load_timeout",
@@ -433,6 +440,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             check = {
                 "keep_alive": parse_duration,
                 "gpu_memory": parse_size,
+                "memory": parse_size,
                 "model_aliases": parse_aliases,
                 "model_settings": parse_model_settings,
                 "log_level": _one_of("debug", "info", "warning", "error"),

@@ -79,11 +79,12 @@ class Runtime:
         if settings.p2p:
             relayed = frozenset({*ROUTES, *FORM_ROUTES})
             p2p = await Node.start(settings, registry, pulls, guard.peer_key, relayed)
+        plan = functools.partial(plan_placement, settings, gpu)
         scheduler = Scheduler(
             registry,
             make_starter(settings, gpu, p2p.engine_args if p2p else None),
             policy=scheduler_policy(settings),
-            plan=functools.partial(plan_placement, settings, gpu),
+            plan=p2p.spreading(plan) if p2p else plan,
             available=lambda: Memory(available_memory(), gpu_free_memory() if gpu else 0),
         )
         metrics = Metrics(scheduler)

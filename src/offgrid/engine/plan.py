@@ -61,6 +61,7 @@ def scheduler_policy(settings: Settings) -> Policy:
         pinned=frozenset(pinned),
         parallel_by_model={m: engine_options(settings, m).parallel for m in per_model},
         vram_limit=parse_size(settings.gpu_memory),
+        ram_limit=parse_size(settings.memory),
     )
 
 

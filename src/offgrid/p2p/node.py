@@ -30,6 +30,7 @@ from offgrid.p2p.manifest import build, remote_model
 from offgrid.p2p.pairing import Pairing
 from offgrid.p2p.peers import NAME, Peer, PeerStore
 from offgrid.p2p.rpc import RpcWorker, Tunnel, plan_split
+from offgrid.placement import Memory, Placement
 from offgrid.resources import available_memory
 
 __all__ = ["Node", "node_name"]
@@ -45,6 +46,7 @@ def node_name(settings: Settings) -> str:
 
 
 Status = Callable[[], list[dict[str, object]]]
+Plan = Callable[[ModelInfo, Memory], Placement]
 
 
 class Node:
@@ -76,6 +78,7 @@ class Node:
         self.worker = _worker(settings) if settings.rpc_worker else None
         self.tunnels: dict[str, Tunnel] = {}  # to peers' RPC workers, by fingerprint
         self.split_models = {m.strip() for m in settings.split_models.split(",") if m.strip()}
+        self._spread: dict[str, int] = {}  # models planned over workers: this box's RAM share
         self._clients: dict[str, PeerClient] = {}  # by fingerprint, for pulls
 
     @classmethod
@@ -222,22 +225,54 @@ class Node:
         return self.pulls.start(remote, rate=rate, origin=origin)
 
     # -- models split over peers' RPC workers (``p2p.rpc``) ---------------------------
+    def spreading(self, plan: Plan) -> Plan:
+        """The scheduler's ``plan``, which also places a model that does not fit this box
+        over the peers' RPC workers when together they have room: this box then needs
+        only its share (the layers go in proportion to free memory, ``engine_args``)."""
+
+        def placed(model: ModelInfo, budget: Memory) -> Placement:
+            best = plan(model, budget)
+            self._spread.pop(model.id, None)
+            others = sum(self._worker_room().values())
+            if best.need.fits(budget) or not others or model.gguf is None:
+                return best
+            if best.need.ram > budget.ram + others:
+                return best  # not even all together
+            share = best.need.ram * budget.ram // (budget.ram + others)
+            self._spread[model.id] = budget.ram
+            log.info("%s does not fit here: planned over RPC workers", model.id)
+            return Placement(best.gpu_layers, Memory(share, best.need.vram))
+
+        return placed
+
+    def _worker_room(self) -> dict[str, int]:
+        """The free memory of each paired peer's RPC worker still usable (by fingerprint)."""
+        room = {}
+        for peer in self.peers.list():
+            load = self.federation.loads.get(peer.fingerprint)
+            tunnel = self.tunnels.get(peer.fingerprint)
+            usable = load is not None and not load.error and load.rpc_free is not None
+            if usable and not (tunnel is not None and tunnel.lost):
+                assert load is not None and load.rpc_free is not None
+                room[peer.fingerprint] = load.rpc_free
+        return room
+
     async def engine_args(self, model: ModelInfo) -> list[str]:
-        """The engine arguments that spread ``model`` over the peers' RPC workers, when it
-        is one to split and a worker has room; none otherwise (it runs here alone)."""
-        if model.id not in self.split_models or model.gguf is None:
+        """The engine arguments that spread ``model`` over the peers' RPC workers: one set
+        to split, or one planned over them because it does not fit here; none otherwise
+        (it runs here alone)."""
+        spread = self._spread.pop(model.id, None)
+        if (model.id not in self.split_models and spread is None) or model.gguf is None:
             return []
         if not self.federation.loads:
             await self.federation.refresh()
         workers: dict[str, int] = {}
         for peer in self.peers.list():
-            load = self.federation.loads.get(peer.fingerprint)
-            if load is None or load.error or load.rpc_free is None:
-                continue
-            tunnel = await self._tunnel(peer)
-            if not tunnel.lost:
-                workers[f"127.0.0.1:{tunnel.port}"] = load.rpc_free
-        split = plan_split(model.gguf.block_count, available_memory(), workers)
+            if (free := self._worker_room().get(peer.fingerprint)) is not None:
+                tunnel = await self._tunnel(peer)
+                workers[f"127.0.0.1:{tunnel.port}"] = free
+        local = available_memory() if spread is None else spread
+        split = plan_split(model.gguf.block_count, local, workers)
         if split is None:
             log.info("%s starts on this box alone: no RPC worker of a peer can take it", model.id)
             return []

@@ -161,13 +161,17 @@ class Engines:
 
     def _free(self) -> Memory:
         """Memory a new engine may take now: what is available, less the reserve and
-        what the GPU memory limit leaves to the engines already loaded."""
+        what the memory limits leave to the engines already loaded."""
         free = self._available() - self.policy.reserve
-        vram = free.vram
+        ram, vram = free.ram, free.vram
+        if self.policy.ram_limit:
+            ram = min(
+                ram, self.policy.ram_limit - sum(s.placement.need.ram for s in self.slots.values())
+            )
         if self.policy.vram_limit:
             used = sum(s.placement.need.vram for s in self.slots.values())
             vram = min(vram, self.policy.vram_limit - used)
-        return Memory(max(0, free.ram), max(0, vram))
+        return Memory(max(0, ram), max(0, vram))
 
     # -- crashes ----------------------------------------------------------------------
     def _record_crash(self, model_id: str, reason: str) -> None:

@@ -25,6 +25,7 @@ class Policy:
     pinned: frozenset[str] = frozenset()
     reserve: Memory = RESERVE  # left free for the system and the GPU driver
     vram_limit: int = 0  # most GPU memory all engines together may take (0: no limit)
+    ram_limit: int = 0  # most RAM all engines together may take (0: no limit)
     parallel_by_model: Mapping[str, int] = field(default_factory=dict)
 
     def parallel_of(self, model_id: str) -> int:

@@ -22,16 +22,17 @@ __all__ = ["federate", "federates"]
 _KEPT = frozenset({"content-type", "retry-after", "cache-control", "x-accel-buffering"})
 
 
-def federates(runtime: Runtime, call: Call, model: str) -> bool:
+def federates(runtime: Runtime, call: Call, model: str, *, installed: bool = False) -> bool:
     """Whether this request goes to a peer: federation on, the model neither loaded nor
-    installed here, and the request not sent by a peer already."""
+    installed here (or, ``installed``, here but with no room for it), and the request not
+    sent by a peer already."""
     if runtime.p2p is None or not runtime.settings.federation:
         return False
     if model in runtime.scheduler.loaded() or any(
         name == HOP_HEADER.encode() for name, _ in call.scope["headers"]
     ):
         return False
-    return model not in runtime.registry.ids()
+    return installed or model not in runtime.registry.ids()
 
 
 async def federate(call: Call, runtime: Runtime, body: bytes, model: str) -> int | None:

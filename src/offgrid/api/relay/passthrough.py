@@ -32,8 +32,8 @@ from offgrid.api.relay.engine_client import engine_failed
 from offgrid.api.relay.engine_stream import client_transport
 from offgrid.api.relay.federated import federate, federates
 from offgrid.api.relay.path import Stream
-from offgrid.api.relay.request import check_header_size, parse_request, read_body
-from offgrid.errors import OffGridError
+from offgrid.api.relay.request import ProxyRequest, check_header_size, parse_request, read_body
+from offgrid.errors import InsufficientMemoryError, OffGridError
 from offgrid.logs import request_line
 
 if TYPE_CHECKING:
@@ -126,8 +126,7 @@ class ProxyApp:
     async def _proxy(self, call: Call) -> int:
         runtime = call.runtime
         assert runtime is not None  # set by the lifespan before any request
-        receive, send = call.receive, call.send
-        body = await read_body(call.scope, receive, runtime.settings.max_request_bytes)
+        body = await read_body(call.scope, call.receive, runtime.settings.max_request_bytes)
         route, path = call.route, call.scope["path"]
         req = parse_request(body, route.required, stream_default=route.dialect == "ollama")
         model = runtime.resolve(req.model)
@@ -138,6 +137,20 @@ class ProxyApp:
             status = await federate(call, runtime, body, model)
             if status is not None:
                 return status
+        try:
+            return await self._here(call, runtime, body, req, model)
+        except InsufficientMemoryError:  # raised before any answer began
+            if federates(runtime, call, model, installed=True):
+                status = await federate(call, runtime, body, model)
+                if status is not None:  # a peer that has it, and room
+                    return status
+            raise
+
+    async def _here(
+        self, call: Call, runtime: Runtime, body: bytes, req: ProxyRequest, model: str
+    ) -> int:
+        """Answer with this node's engine for ``model``."""
+        route, path, send, receive = call.route, call.scope["path"], call.send, call.receive
         if route.engine_path is not None:  # a translated dialect (Ollama's)
             return await serve_ollama(call, runtime, body, req)
         dialect = route.dialect
