@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -22,7 +23,7 @@ import pytest
 import requests
 from gguf.scripts.gguf_new_metadata import copy_with_new_metadata
 
-from conftest import STARTER_ID, Server, start_server, wait_for
+from conftest import STARTER_ID, Server, link_models, start_server, wait_for
 from fake_hub import FakeHub
 from offgrid.engine.build import EngineBinary
 from offgrid.errors import IntegrityError, UnreachableError
@@ -531,3 +532,47 @@ def test_ollama_client_pulls_from_the_hub_and_deletes(hub: FakeHub, hub_server: 
         with pytest.raises(ollama.ResponseError) as err:
             client.delete(STARTER_ID)
         assert err.value.status_code == 404
+
+
+def test_a_pull_into_a_full_disk_fails_clearly_and_the_server_keeps_serving(
+    tmp_path: Path, model_store: Path, engine_binary: EngineBinary
+) -> None:
+    """The models folder is a 60 MB tmpfs (in the server's own mount namespace): a pull of
+    98 MB fails naming the folder and the space needed, leaves nothing there, and the
+    server goes on answering chats (its model is in an extra folder)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (tmp_path / "home").mkdir(exist_ok=True)
+    extra = link_models(model_store, tmp_path / "extra", {"chat-here.Q4_1.gguf": SMOL})
+    script = f'mount -t tmpfs -o size=60m tmpfs "{models}" && exec "$@"'
+
+    def in_own_mounts(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["unshare", "-m", "sh", "-c", script, "sh", *argv], **kw)
+
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a mount namespace here")
+    with FakeHub() as hub:
+        hub.add("tester/SmolLM2-135M-Instruct-GGUF", {SMOL: model_store / SMOL})
+        srv = start_server(
+            tmp_path,
+            models,
+            engine_binary,
+            popen=in_own_mounts,
+            HF_ENDPOINT=hub.url,
+            OFFGRID_EXTRA_MODEL_DIRS=str(extra),
+        )
+        try:
+            body = {"repo": "tester/SmolLM2-135M-Instruct-GGUF"}
+            with requests.post(f"{srv.url}/api/pulls", json=body, stream=True, timeout=60) as r:
+                states = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith(b"data: ")]
+            final = states[-1]
+            assert final["status"] == "failed", final
+            assert f"Not enough space in {models}" in final["message"]
+            assert "needs 98.4 MB" in final["message"]
+            seen = Path(f"/proc/{srv.proc.pid}/root") / str(models).lstrip("/")
+            assert os.listdir(seen) == [], "nothing begun on the full disk"
+            chat = {"model": "chat-here.Q4_1", "messages": [{"role": "user", "content": "Hi"}]}
+            got = requests.post(f"{srv.url}/v1/chat/completions", json=chat, timeout=120)
+            assert got.status_code == 200, got.text
+        finally:
+            srv.stop()

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import wait_for
+from conftest import link_models, wait_for
 from offgrid.atomic_files import copy_hashed
 from offgrid.config import load_settings
 from offgrid.errors import BadRequestError, IntegrityError, StorageError
@@ -491,6 +491,30 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(
     assert "ERROR The disk holding" in text and "is full" in text, result.stderr
     assert text.endswith("[]")
     assert StorageError.status == 507
+
+
+def test_an_export_to_a_full_stick_names_it_and_leaves_nothing(
+    node: Node, tmp_path: Path, model_store: Path
+) -> None:
+    link_models(model_store, node.models, {STARTER.file_name: STARTER.file_name})
+    stick = tmp_path / "stick"
+    listing = f"import os; print(sorted(os.listdir({str(stick)!r})))"
+    result = in_small_tmpfs(
+        stick,
+        60,
+        [
+            "sh",
+            "-c",
+            f'"$0" -m offgrid export "$1" "$2"; "$0" -c "{listing}"',
+            sys.executable,
+            STARTER.model_id,
+            str(stick),
+        ],
+        node.env,
+    )
+    text = " ".join(result.stderr.split())
+    assert f"Not enough space in {stick}" in text and "needs 98.4 MB" in text, text
+    assert result.stdout.strip() == "[]", "no bundle begun"
 
 
 def test_copy_never_overwrites_unless_asked(tmp_path: Path) -> None:

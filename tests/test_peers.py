@@ -8,6 +8,7 @@ order (pairing before pulling), each one setting up what it needs from the state
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -31,8 +32,16 @@ from conftest import SLOWDOWN, STARTER_ID, Server, link_models, start_server, wa
 from lan import Lan, Node, available, start_node_server
 from offgrid.engine.build import EngineBinary
 from offgrid.engine.process import free_port
+from offgrid.errors import BadRequestError
+from offgrid.models.keys import Keys
 from offgrid.models.starter import STARTER
-from offgrid.p2p.identity import PAIRING_NAME
+from offgrid.p2p.identity import (
+    PAIRING_NAME,
+    Identity,
+    checked_cert,
+    client_context,
+    server_context,
+)
 from offgrid.p2p.pairing import Pairing, derive_key, new_code, proof
 
 P2P_PORT = 11612
@@ -542,3 +551,50 @@ def test_a_model_with_no_room_here_goes_to_a_peer_then_over_an_rpc_worker(
     finally:
         for srv in servers.values():
             srv.stop()
+
+
+def _identity(folder: Path, name: str) -> Identity:
+    return Identity.load(Keys(folder / name), name)
+
+
+def test_every_pinned_peer_gets_in_and_a_stranger_does_not(tmp_path: Path) -> None:
+    """Three peers pinned at once (OpenSSL picks an issuer by name: each node's certificate
+    needs a subject of its own, or only one of them would verify), one stranger."""
+    me = _identity(tmp_path, "me")
+    friends = [_identity(tmp_path, f"friend-{i}") for i in range(3)]
+    stranger = _identity(tmp_path, "stranger")
+    pinned = [f.cert_pem for f in friends]
+
+    async def main() -> list[bool]:
+        ctx = server_context(me, lambda: pinned, lambda: False)
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            writer.write(b"in\n" if der else b"anonymous\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        results = []
+        for who in (*friends, stranger):
+            client = client_context(who, me.cert_pem)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+                results.append(await reader.readline() == b"in\n")
+                writer.close()
+            except (ssl.SSLError, ConnectionError):
+                results.append(False)
+        server.close()
+        return results
+
+    assert asyncio.run(main()) == [True, True, True, False]
+
+
+def test_a_pairing_certificate_must_be_one_sound_ed25519_certificate(tmp_path: Path) -> None:
+    good = _identity(tmp_path, "good").cert_pem
+    assert checked_cert(good) == good
+    garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    for bad in (garbage, good + good, ""):
+        with pytest.raises(BadRequestError):
+            checked_cert(bad)

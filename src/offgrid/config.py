@@ -42,16 +42,17 @@ class Setting:
     help: str
 
 
-def _home() -> Path:
-    return Path(os.environ.get("HOME") or Path.home())
+def _home(env: Mapping[str, str] | None = None) -> Path:
+    """The user's home: ``HOME`` of the settings' environment (the process's by default)."""
+    return Path((os.environ if env is None else env).get("HOME") or Path.home())
 
 
 def _data_home(env: Mapping[str, str]) -> Path:
-    return Path(env.get("XDG_DATA_HOME") or _home() / ".local" / "share")
+    return Path(env.get("XDG_DATA_HOME") or _home(env) / ".local" / "share")
 
 
 def _cache_home(env: Mapping[str, str]) -> Path:
-    return Path(env.get("XDG_CACHE_HOME") or _home() / ".cache")
+    return Path(env.get("XDG_CACHE_HOME") or _home(env) / ".cache")
 
 
 @dataclass(frozen=True)
@@ -375,8 +376,8 @@ def config_file_path(env: Mapping[str, str]) -> Path | None:
     if env.get("OFFGRID_CONFIG"):
         return Path(os.path.expanduser(env["OFFGRID_CONFIG"]))
     for candidate in (
-        Path(env.get("XDG_CONFIG_HOME") or _home() / ".config") / "offgrid" / "config.yaml",
-        _home() / ".offgrid-llm" / "config.yaml",
+        Path(env.get("XDG_CONFIG_HOME") or _home(env) / ".config") / "offgrid" / "config.yaml",
+        _home(env) / ".offgrid-llm" / "config.yaml",
     ):
         if candidate.is_file():
             return candidate

@@ -5,7 +5,10 @@ A test that asks for the network on purpose reads and clears that file itself.
 
 ``$OFFGRID_TEST_ALLOW_NET`` (comma-separated CIDRs, e.g. a LAN test's subnet and the mDNS
 groups) names networks allowed besides loopback: connecting or sending to an address in
-one, and looking up such an address written as a literal."""
+one, and looking up such an address written as a literal.
+
+With ``$OFFGRID_TEST_KILL_AT`` or ``$OFFGRID_TEST_KILL_COUNT`` set, the process also gets
+the crash tests' kill points (``kill_points``)."""
 
 from __future__ import annotations
 
@@ -60,3 +63,6 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
 
 if _LOG:
     sys.addaudithook(_hook)
+
+if os.environ.get("OFFGRID_TEST_KILL_AT") or os.environ.get("OFFGRID_TEST_KILL_COUNT"):
+    import kill_points  # noqa: F401 (its import sets the kill points: the crash tests)

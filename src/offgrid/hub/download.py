@@ -120,6 +120,9 @@ def fetch_model(
     targets = [folder / safe_file_name(name, remote.repo) for name in names]
     files = list(zip(remote.downloads, targets, strict=True))
     todo = [(f, t) for f, t in files if not _have(registry, f, t)]
+    for hub_file, target in files:
+        if (hub_file, target) not in todo:  # a crash between its link and its unlink
+            _partial(hub_file, target).unlink(missing_ok=True)
     if not todo:
         return False
     left = sum(f.size - _size(_partial(f, t)) for f, t in todo)
@@ -266,18 +269,21 @@ class _Transfer:
                 os.ftruncate(fd, 0)
                 self.digest = hashlib.sha256()
                 self.progress.start(self.file.base_name, self.file.size)
+                offset = 0
             elif resp.status_code not in (200, 206):
                 _refuse(resp, self.file, self.origin)
-            write_hashed(self._body(resp), fd, self.digest, progress=self.progress)
+            body = self._body(resp, self.file.size - offset)
+            write_hashed(body, fd, self.digest, progress=self.progress)
 
-    def _body(self, resp: httpx2.Response) -> Iterator[bytes]:
-        """The response's bytes as sent (not decoded) in chunks, at most ``rate`` per second.
-        When the connection breaks, what arrived before is handed over first: every byte
-        received counts."""
+    def _body(self, resp: httpx2.Response, room: int) -> Iterator[bytes]:
+        """The response's bytes as sent (not decoded) in chunks, at most ``rate`` per second
+        and no more than ``room`` (a source that sends on does not fill the disk). When the
+        connection breaks, what arrived before is handed over first: every byte received
+        counts."""
         began, sent = time.monotonic(), 0
         buf = bytearray()
         blocks = resp.iter_raw()  # each read from the socket, as it arrives
-        while not self.stop.is_set():
+        while not self.stop.is_set() and sent < room:
             try:
                 block = next(blocks, b"")
             except Exception:
@@ -286,6 +292,7 @@ class _Transfer:
                 raise
             if not block:
                 break
+            block = block[: room - sent]
             buf += block
             sent += len(block)
             if len(buf) >= CHUNK:

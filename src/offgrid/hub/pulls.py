@@ -10,6 +10,7 @@ ending with the final state (done, present, failed or cancelled).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import time
@@ -23,6 +24,8 @@ from offgrid.hub.download import Origin, fetch_model
 from offgrid.models.registry import Registry
 
 __all__ = ["FINAL", "Pull", "Pulls"]
+
+log = logging.getLogger("offgrid.hub")
 
 FINAL = ("done", "present", "failed", "cancelled")
 EVERY = 0.25  # seconds between progress events
@@ -153,6 +156,11 @@ class Pulls:
         except OffGridError as exc:
             pull.error = {"message": exc.message, "type": exc.type, "code": exc.code}
             self._set(pull, "failed", exc.message)
+        except Exception as exc:  # a bug, or a peer's client closed under it: say so, end
+            log.exception("pull %s failed", pull.id)
+            message = f"The pull stopped: {exc}. What arrived is kept: pull again to resume."
+            pull.error = {"message": message, "type": "server_error", "code": None}
+            self._set(pull, "failed", message)
 
     def _set(self, pull: Pull, status: str, message: str = "") -> None:
         pull.status, pull.message = status, message or pull.message

@@ -148,15 +148,16 @@ def export_bundle(
                 f"yet: copy its files ({m.path.name} and the rest) with the stick's own tools."
             )
     out = dest / BUNDLE_DIR
+    files = {(m.id, src): target for m in models for src, target in _targets(m, out)}
+    todo = {key for key, target in files.items() if not _already_there(registry, key[1], target)}
+    need = sum(src.stat().st_size for _, src in todo)
+    there = next(p for p in (out, *out.parents) if p.exists())  # before anything is made
+    check_free_space(there, need, what=f"{len({i for i, _ in todo})} model(s)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadRequestError(f"Cannot create {out}: {exc.strerror}") from exc
     clean_partials(out)  # left by an export that was interrupted
-    files = {(m.id, src): target for m in models for src, target in _targets(m, out)}
-    todo = {key for key, target in files.items() if not _already_there(registry, key[1], target)}
-    need = sum(src.stat().st_size for _, src in todo)
-    check_free_space(out, need, what=f"{len({i for i, _ in todo})} model(s)")
     digests: dict[tuple[str, Path], tuple[str, str]] = {}
     for (model_id, src), target in files.items():
         recorded = registry.recorded_hash(src)

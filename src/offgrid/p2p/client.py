@@ -147,8 +147,8 @@ class PeerClient:
         self.peer = peer
         host, port = host_port(peer.address)
         self.base = f"https://{address_of(host, port)}"
-        self.session: httpx2.Client = httpx2.Client(
-            verify=client_context(me, peer.cert), timeout=TIMEOUT
+        self.session: httpx2.Client = httpx2.Client(  # never through the Hub's proxies
+            verify=client_context(me, peer.cert), timeout=TIMEOUT, trust_env=False
         )
 
     def url(self, path: str) -> str:

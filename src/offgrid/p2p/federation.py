@@ -54,6 +54,22 @@ class PeerLoad:
         return asdict(self)
 
 
+def _load(hello: Any, latency_ms: float) -> PeerLoad:
+    """A hello's load; TypeError, KeyError or ValueError for one of another shape."""
+    if not isinstance(hello, dict):
+        raise TypeError("the hello is not an object")
+    loaded = [m for m in hello.get("loaded") or [] if isinstance(m, dict)]
+    rpc = hello.get("rpc") or {}
+    return PeerLoad(
+        rpc_free=int(rpc["free_bytes"]) if isinstance(rpc, dict) and rpc.get("alive") else None,
+        models=[str(m) for m in hello.get("models") or []],
+        loaded=[str(m["id"]) for m in loaded],
+        busy=sum(int(m.get("busy", 0)) for m in loaded),
+        latency_ms=round(latency_ms, 2),
+        at=time.time(),
+    )
+
+
 class Federation:
     """Peers' loads, kept fresh, and requests opened on the peer chosen for a model."""
 
@@ -85,20 +101,23 @@ class Federation:
             self._contexts[peer.fingerprint] = client_context(self.identity, peer.cert)
         return self._contexts[peer.fingerprint]
 
-    def _url(self, peer: Peer, path: str) -> str:
-        host, port = host_port(peer.address)
+    def _url(self, peer: Peer, path: str, address: str | None = None) -> str:
+        host, port = host_port(address or peer.address)
         return f"https://{f'[{host}]' if ':' in host else host}:{port}{path}"
 
     async def rpc_socket(self, peer: Peer) -> aiohttp.ClientWebSocketResponse:
         """A websocket to the peer's RPC worker (``p2p.rpc``), inside the mutual TLS."""
         assert self._session is not None
         return await self._session.ws_connect(
-            self._url(peer, "/p2p/rpc"), ssl=self._context(peer), max_msg_size=0, autoping=True
+            self._url(peer, "/p2p/rpc"), ssl=self._context(peer), max_msg_size=1 << 20
         )
 
     async def _poll(self) -> None:
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug must not end the polling for good
+                log.exception("asking the peers for their load failed")
             await asyncio.sleep(EVERY_S)
 
     async def refresh(self) -> None:
@@ -107,33 +126,30 @@ class Federation:
         loads = await asyncio.gather(*(self._hello(p) for p in peers))
         self.loads = {p.fingerprint: load for p, load in zip(peers, loads, strict=True)}
 
-    async def _hello(self, peer: Peer) -> PeerLoad:
+    async def _hello(self, peer: Peer, address: str | None = None) -> PeerLoad:
+        """What the peer says of itself (at its address, or ``address``); an error in
+        the load, never raised: a peer of another version must not stop the polling."""
         import aiohttp
 
         assert self._session is not None
         began = time.perf_counter()
         try:
             async with self._session.get(
-                self._url(peer, "/p2p/hello"),
+                self._url(peer, "/p2p/hello", address),
                 ssl=self._context(peer),
                 timeout=aiohttp.ClientTimeout(total=HELLO_TIMEOUT_S),
             ) as resp:
-                hello = await resp.json()
-                latency = (time.perf_counter() - began) * 1000
                 if resp.status != 200:
                     return PeerLoad(at=time.time(), error=f"HTTP {resp.status}")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                hello = await resp.json()
+            latency = (time.perf_counter() - began) * 1000
+            return _load(hello, latency)
+        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, KeyError) as exc:
             return PeerLoad(at=time.time(), error=str(exc) or type(exc).__name__)
-        loaded = hello.get("loaded", [])
-        rpc = hello.get("rpc") or {}
-        return PeerLoad(
-            rpc_free=int(rpc["free_bytes"]) if rpc.get("alive") else None,
-            models=[str(m) for m in hello.get("models", [])],
-            loaded=[str(m["id"]) for m in loaded],
-            busy=sum(int(m.get("busy", 0)) for m in loaded),
-            latency_ms=round(latency, 2),
-            at=time.time(),
-        )
+
+    async def answers_at(self, peer: Peer, address: str) -> bool:
+        """Whether ``peer`` (its pinned certificate) answers at ``address``."""
+        return not (await self._hello(peer, address)).error
 
     def offered(self) -> dict[str, str]:
         """Each model the peers offer, and the name of one peer offering it."""

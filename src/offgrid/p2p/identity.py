@@ -19,16 +19,26 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from offgrid.atomic_files import atomic_writer
-from offgrid.errors import IntegrityError
+from offgrid.errors import BadRequestError, IntegrityError
 from offgrid.models.keys import Keys
 
-__all__ = ["PAIRING_NAME", "Identity", "client_context", "fingerprint", "server_context"]
+__all__ = [
+    "PAIRING_NAME",
+    "Identity",
+    "checked_cert",
+    "client_context",
+    "fingerprint",
+    "server_context",
+]
+
+log = logging.getLogger("offgrid.p2p")
 
 PAIRING_NAME = "pair.offgrid"  # the server name a client sends to pair: no certificate shown
 
@@ -73,20 +83,47 @@ def _self_signed(keys: Keys) -> str:
     from cryptography.x509.oid import NameOID
 
     private = keys.private_key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "offgrid node")])
-    now = datetime.datetime.now(datetime.UTC)
+    public = private.public_key()
+    key_id = x509.SubjectKeyIdentifier.from_public_key(public)
+    # a subject of its own: OpenSSL finds an issuer by name, and nodes must not share one
+    name = f"offgrid node {key_id.digest.hex()[:16]}"
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
-        .public_key(private.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))  # clocks of offline boxes drift
-        .not_valid_after(now + datetime.timedelta(days=365 * 30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .not_valid_before(datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))  # RTC-less boxes
+        .not_valid_after(datetime.datetime(2099, 12, 31, tzinfo=datetime.UTC))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_id, critical=False)
         .sign(private, None)
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def checked_cert(pem: str) -> str:
+    """A certificate a node sent to pair: one ed25519 certificate that signed itself,
+    written anew (nothing trailing); BadRequestError otherwise. A malformed one pinned
+    would make every handshake fail."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        key = cert.public_key()
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("not an ed25519 key")
+        key.verify(cert.signature, cert.tbs_certificate_bytes)
+    except (ValueError, InvalidSignature) as exc:
+        raise BadRequestError(f"The pairing request carries no usable certificate: {exc}") from exc
+    clean = cert.public_bytes(serialization.Encoding.PEM).decode()
+    if pem.strip() != clean.strip():
+        raise BadRequestError("The pairing request carries more than one certificate")
+    return clean
 
 
 def fingerprint(cert: str | bytes) -> str:
@@ -110,9 +147,16 @@ def public_key_of(cert_pem: str) -> str:
     return base64.b64encode(raw).decode()
 
 
+_NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: pinned, so dates mean nothing
+
+
 def _context(purpose: ssl._SSLMethod, me: Identity | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    # a pinned self-signed certificate is a trust anchor as it is, and clocks of offline
+    # boxes drift: neither a chain nor the dates are asked for (OpenSSL reads these flags
+    # from the first context of a connection: the listener's base one)
+    ctx.verify_flags |= ssl.VerifyFlags.VERIFY_X509_PARTIAL_CHAIN | _NO_CHECK_TIME
     if me is not None:
         ctx.load_cert_chain(me.cert_path, me.key_path)
     return ctx
@@ -120,8 +164,11 @@ def _context(purpose: ssl._SSLMethod, me: Identity | None) -> ssl.SSLContext:
 
 def _trusting(me: Identity, pinned: Iterable[str]) -> ssl.SSLContext:
     ctx = _context(ssl.PROTOCOL_TLS_SERVER, me)
-    if certs := "".join(pinned):
-        ctx.load_verify_locations(cadata=certs)
+    for cert in pinned:  # one at a time: a bad one is left out, not fatal to every handshake
+        try:
+            ctx.load_verify_locations(cadata=cert)
+        except (ssl.SSLError, ValueError):
+            log.warning("a pinned certificate cannot be read: that peer is refused")
     return ctx
 
 

@@ -20,6 +20,7 @@ handshake.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from offgrid.config import Settings
 from offgrid.errors import BadRequestError, NotFoundError, OffGridError, PermissionDeniedError
 from offgrid.models.registry import Registry
 from offgrid.p2p.federation import HOP_HEADER
-from offgrid.p2p.identity import Identity, fingerprint
+from offgrid.p2p.identity import Identity, checked_cert, fingerprint
 from offgrid.p2p.pairing import Pairing, proof
 from offgrid.p2p.peers import NAME, Peer, PeerStore
 from offgrid.p2p.rpc import pipe_ws_to_tcp
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["Listener"]
 
 log = logging.getLogger("offgrid.p2p")
+_PAIR_BODY = 16 * 1024  # a name, a certificate, a nonce and a proof
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
@@ -77,6 +79,7 @@ class Listener:
         self._runner: web.AppRunner | None = None
         self._local: aiohttp.ClientSession | None = None  # to this server's own API
         self._checking = asyncio.Lock()  # one pairing proof at a time: scrypt is dear
+        self._open: dict[str, set[asyncio.Transport | None]] = {}  # by peer fingerprint
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
@@ -110,27 +113,48 @@ class Listener:
         return ssl_object.getpeercert(binary_form=True) if ssl_object else None
 
     async def _peer_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Every route but pairing is for a paired peer's certificate; errors in our shape."""
+        """Every route but pairing is for a paired peer's certificate (its connection kept
+        by fingerprint, so that forgetting it ends them); pairing only while this node
+        accepts it; errors in our shape."""
         try:
-            if request.path != "/p2p/pair":
-                der = self._peer_cert(request)
-                peer = self.node.peers.by_fingerprint(fingerprint(der)) if der else None
-                if peer is None:
-                    raise PermissionDeniedError(
-                        "This node does not trust you (never paired, or forgotten): pair again."
-                    )
-                request["peer"] = peer
-            return await handler(request)
+            if request.path == "/p2p/pair":
+                if not self.node.pairing.accepts():
+                    raise PermissionDeniedError("This node has no pairing window open.")
+                return await handler(request)
+            der = self._peer_cert(request)
+            peer = self.node.peers.by_fingerprint(fingerprint(der)) if der else None
+            if peer is None:
+                raise PermissionDeniedError(
+                    "This node does not trust you (never paired, or forgotten): pair again."
+                )
+            request["peer"] = peer
+            open_now = self._open.setdefault(peer.fingerprint, set())
+            transport = request.transport
+            if transport is not None:
+                open_now.add(transport)
+            try:
+                return await handler(request)
+            finally:
+                open_now.discard(transport)
         except OffGridError as exc:
             return _error(exc)
+
+    def drop(self, fingerprint: str) -> None:
+        """End every connection of a peer now (it was forgotten): a file, a stream, an RPC
+        websocket it holds do not outlive its trust."""
+        for transport in self._open.pop(fingerprint, set()):
+            if transport is not None:
+                transport.abort()
 
     _peer_only.__middleware_version__ = 1  # type: ignore[attr-defined]
 
     async def _pair(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
+        if (request.content_length or 0) > _PAIR_BODY:
+            raise BadRequestError("The pairing request is too large")
         try:
-            body = await request.json()
+            body = json.loads(await request.content.read(_PAIR_BODY + 1))
         except ValueError as exc:
             raise BadRequestError("The pairing request is not JSON") from exc
         if not isinstance(body, dict):
@@ -141,10 +165,8 @@ class Listener:
         port = body.get("port")
         if not NAME.match(name) or not isinstance(port, int) or not 0 < port < 65536:
             raise BadRequestError("The pairing request needs a node name and a port")
-        try:
-            client_fp = fingerprint(cert)
-        except ValueError as exc:
-            raise BadRequestError("The pairing request carries no certificate") from exc
+        cert = checked_cert(cert)
+        client_fp = fingerprint(cert)
         me = self.node.identity
         async with self._checking:  # scrypt, off the loop, one at a time (a guesser is slowed)
             key = await asyncio.to_thread(
@@ -190,6 +212,7 @@ class Listener:
             self._local = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         settings = self.node.settings
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        host = f"[{host}]" if ":" in host else host
         headers = {
             "content-type": request.headers.get("content-type", "application/json"),
             "authorization": f"Bearer {self.node.peer_key}",
@@ -215,7 +238,7 @@ class Listener:
         port = self.node.rpc_port()
         if port is None:
             raise NotFoundError("This node runs no RPC worker (offgrid rpc-worker starts one).")
-        ws = web.WebSocketResponse(max_msg_size=0)
+        ws = web.WebSocketResponse(max_msg_size=1 << 20)  # a tunnel sends 256 KiB at most
         await ws.prepare(request)
         log.info("peer %s's engine uses this node's RPC worker", request["peer"].name)
         await pipe_ws_to_tcp(ws, port)

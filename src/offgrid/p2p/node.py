@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from offgrid import __version__
 from offgrid.config import Settings
+from offgrid.errors import EngineUnavailableError
 from offgrid.hub.download import Origin
 from offgrid.hub.pulls import Pull, Pulls
 from offgrid.models.keys import Keys
@@ -80,6 +81,8 @@ class Node:
         self.split_models = {m.strip() for m in settings.split_models.split(",") if m.strip()}
         self._spread: dict[str, int] = {}  # models planned over workers: this box's RAM share
         self._clients: dict[str, PeerClient] = {}  # by fingerprint, for pulls
+        self._retired: list[PeerClient] = []  # replaced while a pull may use them
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @classmethod
     async def start(
@@ -121,14 +124,28 @@ class Node:
         if self.discovery is not None:
             await self.discovery.close()
         await self.listener.close()
-        for client in self._clients.values():
+        for task in self._tasks:
+            task.cancel()
+        for client in (*self._clients.values(), *self._retired):
             client.close()
 
     def server_context(self) -> ssl.SSLContext:
         return server_context(self.identity, self.peers.certs, self.pairing.accepts)
 
     def _heard(self, seen: Seen) -> None:
-        self.peers.seen_at(seen.fingerprint, seen.address)
+        """A paired peer announced another address: followed once it answers there with
+        its pinned certificate (an announcement proves nothing by itself)."""
+        peer = self.peers.by_fingerprint(seen.fingerprint)
+        if peer is None or peer.address == seen.address:
+            return
+
+        async def follow() -> None:
+            if await self.federation.answers_at(peer, seen.address):
+                self.peers.seen_at(peer.fingerprint, seen.address)
+
+        task = asyncio.ensure_future(follow())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- what peers ask of this node ---------------------------------------------------
     def trust(self, name: str, cert: str, fingerprint: str, host: str, port: int) -> Peer:
@@ -192,10 +209,16 @@ class Node:
         return self.peers.add(other["name"], other["cert"], other["fingerprint"], other["address"])
 
     def forget(self, name: str) -> Peer:
+        """Trust a peer no more: its connections here end now, ours to it close, and its
+        RPC tunnel with them."""
         peer = self.peers.forget(name)
+        self.listener.drop(peer.fingerprint)
         client = self._clients.pop(peer.fingerprint, None)
         if client is not None:
             client.close()
+        tunnel = self.tunnels.pop(peer.fingerprint, None)
+        if tunnel is not None:
+            self._tasks.add(asyncio.ensure_future(tunnel.close()))
         return peer
 
     def client(self, name: str) -> PeerClient:
@@ -203,8 +226,8 @@ class Node:
         peer = self.peers.get(name)
         client = self._clients.get(peer.fingerprint)
         if client is None or client.peer != peer:
-            if client is not None:
-                client.close()
+            if client is not None:  # a pull may still use it: closed with the node
+                self._retired.append(client)
             client = self._clients[peer.fingerprint] = PeerClient(self.identity, peer)
         return client
 
@@ -220,6 +243,7 @@ class Node:
             client.session,
             lambda f: client.url(f"/p2p/models/{quote(model_id, safe='')}/{quote(f.name)}"),
             {"kind": "peer", "peer": peer.name, "fingerprint": peer.fingerprint},
+            headers={"accept-encoding": "identity"},  # the file's bytes, as hashed
             denied="it does not trust this node any more; pair again.",
         )
         return self.pulls.start(remote, rate=rate, origin=origin)
@@ -273,6 +297,11 @@ class Node:
                 workers[f"127.0.0.1:{tunnel.port}"] = free
         local = available_memory() if spread is None else spread
         split = plan_split(model.gguf.block_count, local, workers)
+        if split is None and spread is not None:  # planned with workers now gone: no room
+            raise EngineUnavailableError(
+                f"{model.id} does not fit this box alone, and the RPC workers it was planned "
+                "over are gone. Try again once a paired worker is back."
+            )
         if split is None:
             log.info("%s starts on this box alone: no RPC worker of a peer can take it", model.id)
             return []

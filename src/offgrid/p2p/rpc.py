@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -48,7 +50,9 @@ class RpcWorker:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        from offgrid.engine.process import free_port
+        """Start it (it dies with this process, as engines do); a worker that does not
+        come up is stopped and reported, and the node goes on without it."""
+        from offgrid.engine.process import die_with_parent, free_port
 
         self.port = free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -59,11 +63,13 @@ class RpcWorker:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
+                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + 30
         while not await _accepts(self.port):
             if self.proc.returncode is not None or time.monotonic() > deadline:
                 log.warning("the RPC worker did not start: see %s", self.log_dir)
+                await self.close()
                 return
             await asyncio.sleep(0.05)
         log.info(
@@ -130,6 +136,25 @@ async def _both(*jobs: Coroutine[Any, Any, None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _ours(writer: asyncio.StreamWriter) -> bool:
+    """Whether the other end of a loopback connection belongs to this process's user (its
+    socket's uid in /proc/net/tcp): the engines run as this user, nobody else may use a
+    tunnel. True where that cannot be read (not Linux)."""
+    peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+    if not peer or not local:
+        return False
+    theirs = f"0100007F:{peer[1]:04X} 0100007F:{local[1]:04X}"
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            for line in table:
+                fields = line.split()
+                if " ".join(fields[1:3]) == theirs:
+                    return int(fields[7]) == os.getuid()
+    except OSError:
+        return True
+    return False
+
+
 def _nodelay(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -160,6 +185,10 @@ class Tunnel:
         from aiohttp import ClientError, WSMsgType
 
         _nodelay(writer)
+        if not _ours(writer):  # another user of this box: the tunnel speaks for this node
+            log.warning("refused a connection to the RPC tunnel of %s from another user", self.name)
+            writer.close()
+            return
         try:
             ws = await self._connect()
         except (ClientError, OSError) as exc:
@@ -223,7 +252,7 @@ def plan_split(layers: int, local_free: int, workers: dict[str, int]) -> Split |
     total = local_free + sum(room.values())
     if not room or total <= 0:
         return None
-    on_workers = round(layers * sum(room.values()) / total)
+    on_workers = math.ceil(layers * sum(room.values()) / total)  # this box: no more than its share
     if on_workers <= 0:
         return None
     shares = tuple(free / sum(room.values()) for free in room.values())

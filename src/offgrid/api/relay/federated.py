@@ -5,6 +5,7 @@ connection to the peer, which frees the peer's engine slot as a local request wo
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -35,6 +36,14 @@ def federates(runtime: Runtime, call: Call, model: str, *, installed: bool = Fal
     return installed or model not in runtime.registry.ids()
 
 
+def _named(body: bytes, model: str) -> bytes:
+    """The body with the model as the peer knows it: an alias here means nothing there."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or data.get("model") == model:
+        return body
+    return json.dumps({**data, "model": model}).encode()
+
+
 async def federate(call: Call, runtime: Runtime, body: bytes, model: str) -> int | None:
     """Relay the request to a peer that has ``model``; the status sent, or None when no
     peer has it (the request is then answered here, as any unknown model is)."""
@@ -42,6 +51,8 @@ async def federate(call: Call, runtime: Runtime, body: bytes, model: str) -> int
     path, send = call.scope["path"], call.send
     given = dict(call.scope["headers"]).get(b"content-type", b"application/json")
     headers = {"content-type": given.decode("latin-1")}
+    if given.startswith(b"application/json"):
+        body = _named(body, model)
     async with runtime.p2p.federation.request(model, path, body, headers) as answered:
         if answered is None:
             return None
