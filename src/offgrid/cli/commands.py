@@ -94,6 +94,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "This node's bundle-signing key and the signing keys it trusts.",
     ),
     "config": ("config_cmd:app", "Show, create or check the configuration."),
+    "tune": (
+        "tune_cmd:tune",
+        "Find the engine flags that serve a model fastest here (threads, KV, batch, draft).",
+    ),
     "peers": ("peers_cmd:app", "LAN peers: pair (a one-time code), list, forget."),
     "rpc-worker": (
         "serve:rpc_worker",

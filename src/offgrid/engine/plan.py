@@ -15,6 +15,7 @@ from typing import Any
 from offgrid.config import Settings, parse_model_settings
 from offgrid.engine.build import find_engine
 from offgrid.engine.process import Engine, EngineOptions
+from offgrid.engine.tune import load_tuned
 from offgrid.errors import OffGridError
 from offgrid.models.registry import ModelInfo
 from offgrid.placement import Footprint, Memory, Placement, footprint, place
@@ -46,7 +47,11 @@ def engine_options(settings: Settings, model_id: str = "") -> EngineOptions:
         parallel=max(1, int(own.get("parallel", settings.parallel))),
         threads=int(own.get("threads", settings.num_threads)),
         gpu_layers=layers if layers >= 0 else None,
-        extra_args=tuple(str(a) for a in own.get("extra_args", ())),
+        # flags `offgrid tune` found on this machine, then the model's own (which win)
+        extra_args=(
+            *load_tuned(settings.data_dir, model_id),
+            *(str(a) for a in own.get("extra_args", ())),
+        ),
     )
 
 

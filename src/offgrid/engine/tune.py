@@ -1,0 +1,224 @@
+"""``offgrid tune MODEL``: measure this box for one model and keep the engine flags that
+serve it fastest; the scheduler starts the model with them from then on.
+
+Each trial starts llama-server on the model with one set of flags and times the same
+request twice (a prompt of about ``PROMPT_TOKENS`` tokens, no prompt cache, then
+``GENERATE`` tokens): its score is the tokens generated per second of the whole request,
+prompt processing included, as a client waits for it. The search starts from
+llama-server's own defaults (the baseline) and tries one knob at a time, keeping a change
+only when it is at least ``BETTER`` faster: threads, flash attention, the KV cache's type,
+the micro-batch, and a draft model for speculative decoding when a smaller installed model
+shares this one's vocabulary. It stops at the time budget (3 minutes by default).
+
+The result is kept per model in ``<data dir>/tuning.json`` with the machine it was
+measured on (its CPU and cores): flags tuned on another machine are not used here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from offgrid.atomic_files import atomic_writer
+from offgrid.errors import EngineError
+from offgrid.models.model_info import ModelInfo
+
+__all__ = ["Trial", "Tuning", "load_tuned", "measure", "save", "tune"]
+
+PROMPT_TOKENS = 1000
+GENERATE = 96
+BETTER = 1.03  # a change is kept when at least this much faster (the noise is about 2 %)
+BUDGET_S = 170.0
+_TEXT = (
+    "The keeper of the lighthouse wrote in his log each evening: the weather, the ships "
+    "that passed, the state of the lamp and the oil, and what the sea had brought ashore. "
+)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One set of flags, as measured."""
+
+    args: tuple[str, ...]
+    score: float  # tokens generated per second of the whole request
+    prompt_tps: float
+    decode_tps: float
+
+
+@dataclass
+class Tuning:
+    """What ``tune`` found: the flags kept, their score and llama-server's defaults'."""
+
+    model_id: str
+    args: tuple[str, ...]
+    score: float
+    baseline: float
+    machine: str
+    trials: list[Trial] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.score / self.baseline if self.baseline else 0.0
+
+
+def machine() -> str:
+    """What tuned flags are valid for: the CPU, its cores and the engine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((x.split(":", 1)[1].strip() for x in info if "model name" in x), cpu)
+    except OSError:
+        pass
+    return f"{cpu} × {os.cpu_count()}"
+
+
+def _knobs(cpus: int, drafts: list[Path]) -> Iterator[tuple[str, list[tuple[str, ...]]]]:
+    """Each knob: its name and the flags to try for it (the defaults are the baseline)."""
+    counts = sorted({1, max(1, cpus // 2), cpus})
+    yield "threads", [("--threads", str(n), "--threads-batch", str(n)) for n in counts]
+    yield "flash attention", [("--flash-attn", "on"), ("--flash-attn", "off")]
+    yield "KV cache", [("--cache-type-k", t, "--cache-type-v", t) for t in ("q8_0", "q4_0")]
+    yield "micro-batch", [("--ubatch-size", str(n)) for n in (128, 256, 1024)]
+    yield (
+        "draft model",
+        [("--model-draft", str(p), "--draft-max", "8", "--draft-min", "1") for p in drafts],
+    )
+
+
+def tune(
+    binary: Path,
+    model: ModelInfo,
+    drafts: list[Path],
+    *,
+    budget: float = BUDGET_S,
+    heard: Callable[[str, Trial | None], None] = lambda _k, _t: None,
+) -> Tuning:
+    """Search the flags for ``model`` (``heard`` hears each trial: None for one that
+    failed, such as a KV type this engine refuses without flash attention)."""
+    began = time.monotonic()
+    base = measure(binary, model, ())
+    heard("llama-server defaults", base)
+    best, kept = base, dict[str, tuple[str, ...]]()
+    trials = [base]
+    for name, options in _knobs(os.cpu_count() or 1, drafts):
+        for flags in options:
+            if time.monotonic() - began > budget:
+                break
+            args = tuple(a for k, v in ({**kept, name: flags}).items() for a in v)
+            try:
+                trial = measure(binary, model, args)
+            except EngineError:
+                heard(name, None)
+                continue
+            trials.append(trial)
+            heard(name, trial)
+            if trial.score > best.score * BETTER:
+                best, kept = trial, {**kept, name: flags}
+    return Tuning(
+        model.id, best.args, best.score, base.score, machine(), trials, time.monotonic() - began
+    )
+
+
+def measure(binary: Path, model: ModelInfo, args: tuple[str, ...]) -> Trial:
+    """Start the engine with ``args`` and time the request twice (after a warm-up)."""
+    import httpx2
+
+    from offgrid.engine.process import die_with_parent, free_port
+
+    port, key = free_port(), secrets.token_hex(16)
+    argv = [str(binary), "--model", str(model.path), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*argv, "--api-key", key, "--no-webui", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    try:
+        _wait_ready(proc, url, headers)
+        prompt = _TEXT * (PROMPT_TOKENS // 40)
+        body = {
+            "prompt": prompt,
+            "n_predict": GENERATE,
+            "cache_prompt": False,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        runs = []
+        for _ in range(3):  # a warm-up, then two timed
+            began = time.perf_counter()
+            got = httpx2.post(f"{url}/completion", json=body, headers=headers, timeout=300)
+            took = time.perf_counter() - began
+            if got.status_code != 200:
+                raise EngineError(f"the engine answered {got.status_code} with {args}")
+            runs.append((took, got.json()["timings"]))
+        timed = runs[1:]
+        return Trial(
+            args,
+            GENERATE / statistics.median(t for t, _ in timed),
+            statistics.median(float(x["prompt_per_second"]) for _, x in timed),
+            statistics.median(float(x["predicted_per_second"]) for _, x in timed),
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, headers: dict[str, str]) -> None:
+    import httpx2
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EngineError("the engine refused these flags")
+        try:
+            if httpx2.get(f"{url}/health", headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise EngineError("the engine did not load within 2 minutes")
+
+
+def save(data_dir: Path, tuning: Tuning) -> Path:
+    """Keep ``tuning`` in ``<data dir>/tuning.json`` (other models' entries kept)."""
+    path = data_dir / "tuning.json"
+    entries = _read(path)
+    entries[tuning.model_id] = {
+        "args": list(tuning.args),
+        "tokens_per_second": round(tuning.score, 2),
+        "baseline_tokens_per_second": round(tuning.baseline, 2),
+        "machine": tuning.machine,
+        "tuned_at": time.time(),
+        "trials": [asdict(t) for t in tuning.trials],
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as fh:
+        fh.write(json.dumps(entries, indent=2).encode())
+    return path
+
+
+def load_tuned(data_dir: Path, model_id: str) -> tuple[str, ...]:
+    """The flags tuned for ``model_id`` on this machine; none if never tuned here."""
+    entry = _read(data_dir / "tuning.json").get(model_id)
+    if not isinstance(entry, dict) or entry.get("machine") != machine():
+        return ()
+    return tuple(str(a) for a in entry.get("args", []))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
