@@ -523,3 +523,24 @@ def _abort(sock: socket.socket, how: int = socket.SHUT_RD) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.shutdown(how)
+
+
+FLEET_TOKEN = "fleet-secret-0123456789"
+
+
+def start_loopback_node(
+    tmp: Path, name: str, port: int, binary: EngineBinary, **env: str
+) -> Server:
+    """A server with P2P on loopback only (no namespace, no discovery): node ``node-NAME``
+    in ``tmp/NAME`` (its ``models`` folder must exist), its peer listener on ``port``, the
+    fleet token ``FLEET_TOKEN``; ``env`` may say otherwise."""
+    settings = {
+        "OFFGRID_P2P": "1",
+        "OFFGRID_P2P_HOST": "127.0.0.1",
+        "OFFGRID_P2P_PORT": str(port),
+        "OFFGRID_P2P_DISCOVERY": "0",
+        "OFFGRID_P2P_TOKEN": FLEET_TOKEN,
+        "OFFGRID_NODE_NAME": f"node-{name}",
+        **env,
+    }
+    return start_server(tmp / name, tmp / name / "models", binary, **settings)

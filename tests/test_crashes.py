@@ -29,10 +29,10 @@ from conftest import (
     STARTER_ID,
     Server,
     link_models,
-    start_server,
     wait_for,
 )
 from fake_hub import FakeHub
+from lan import FLEET_TOKEN, start_loopback_node
 from offgrid.config import load_settings
 from offgrid.engine.build import EngineBinary
 from offgrid.engine.process import free_port
@@ -183,7 +183,7 @@ def test_peer_pull_killed_anywhere(
 ) -> None:
     """B's server is the one killed, at a kill point of its pull from A; started again, it
     lists nothing partial, and the same pull completes and verifies."""
-    token = "fleet-secret-0123456789"
+    token = FLEET_TOKEN
     ports = {"a": free_port(), "b": free_port()}
     for name in ("a", "b"):
         (tmp_path / name / "home").mkdir(parents=True, exist_ok=True)
@@ -191,18 +191,7 @@ def test_peer_pull_killed_anywhere(
     (tmp_path / "b" / "models").mkdir()
 
     def start(name: str, **extra: str) -> Server:
-        return start_server(
-            tmp_path / name,
-            tmp_path / name / "models",
-            engine_binary,
-            OFFGRID_P2P="1",
-            OFFGRID_P2P_HOST="127.0.0.1",
-            OFFGRID_P2P_PORT=str(ports[name]),
-            OFFGRID_P2P_DISCOVERY="0",
-            OFFGRID_P2P_TOKEN=token,
-            OFFGRID_NODE_NAME=f"node-{name}",
-            **extra,
-        )
+        return start_loopback_node(tmp_path, name, ports[name], engine_binary, **extra)
 
     def pull(srv: Server) -> str:
         body = {"peer": "node-a", "model": STARTER_ID}

@@ -28,8 +28,8 @@ import psutil
 import pytest
 import requests
 
-from conftest import SLOWDOWN, STARTER_ID, Server, link_models, start_server, wait_for
-from lan import Lan, Node, available, start_node_server
+from conftest import SLOWDOWN, STARTER_ID, Server, link_models, wait_for
+from lan import FLEET_TOKEN, Lan, Node, available, start_loopback_node, start_node_server
 from offgrid.engine.build import EngineBinary
 from offgrid.engine.process import free_port
 from offgrid.errors import BadRequestError
@@ -451,23 +451,14 @@ def test_a_fleet_token_pairs_through_the_cli_and_forget_undoes_it(
 ) -> None:
     """On loopback (no namespaces, no discovery): B pairs with A by the fleet's token
     through `offgrid peers pair`, lists it, forgets it; a wrong token is refused."""
-    token = "fleet-secret-0123456789"
+    token = FLEET_TOKEN
     ports = {"a": free_port(), "b": free_port()}
     servers = {}
     for name in ("a", "b"):
         (tmp_path / name / "home").mkdir(parents=True)
         (tmp_path / name / "models").mkdir()
-        servers[name] = start_server(
-            tmp_path / name,
-            tmp_path / name / "models",
-            engine_binary,
-            OFFGRID_P2P="1",
-            OFFGRID_P2P_HOST="127.0.0.1",
-            OFFGRID_P2P_PORT=str(ports[name]),
-            OFFGRID_P2P_DISCOVERY="0",
-            OFFGRID_P2P_TOKEN=token if name == "a" else "",
-            OFFGRID_NODE_NAME=f"node-{name}",
-        )
+        secret = {"OFFGRID_P2P_TOKEN": token if name == "a" else ""}
+        servers[name] = start_loopback_node(tmp_path, name, ports[name], engine_binary, **secret)
     a, b = servers["a"], servers["b"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -503,25 +494,16 @@ def test_a_model_with_no_room_here_goes_to_a_peer_then_over_an_rpc_worker(
     (federation, when it cannot fit). Paired also with W, an RPC worker, A plans the model
     over W and runs it itself, part of its layers on W."""
     need = 584_385_100  # the starter's estimate here (`offgrid show --json`: memory)
-    token = "fleet-secret-0123456789"
+    token = FLEET_TOKEN
     ports = {n: free_port() for n in ("a", "b", "w")}
     env = {"a": {"OFFGRID_MEMORY": str(int(need * 0.6))}, "w": {"OFFGRID_RPC_WORKER": "1"}}
     servers = {}
     for name in ("a", "b", "w"):
         (tmp_path / name / "home").mkdir(parents=True)
         files = {} if name == "w" else {STARTER.file_name: STARTER.file_name}
-        servers[name] = start_server(
-            tmp_path / name,
-            link_models(model_store, tmp_path / name / "models", files),
-            engine_binary,
-            OFFGRID_P2P="1",
-            OFFGRID_P2P_HOST="127.0.0.1",
-            OFFGRID_P2P_PORT=str(ports[name]),
-            OFFGRID_P2P_DISCOVERY="0",
-            OFFGRID_P2P_TOKEN=token,
-            OFFGRID_FEDERATION="1",
-            OFFGRID_NODE_NAME=f"node-{name}",
-            **env.get(name, {}),
+        link_models(model_store, tmp_path / name / "models", files)
+        servers[name] = start_loopback_node(
+            tmp_path, name, ports[name], engine_binary, OFFGRID_FEDERATION="1", **env.get(name, {})
         )
     a = servers["a"]
     chat = {"model": STARTER_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}

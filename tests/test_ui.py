@@ -32,6 +32,7 @@ from conftest import (
     wait_for,
 )
 from fake_hub import FakeHub
+from lan import start_loopback_node
 from offgrid.auth.keys import KeyStore
 from offgrid.engine.build import EngineBinary
 from offgrid.engine.process import free_port
@@ -347,16 +348,8 @@ def test_pull_from_a_paired_peer_shows_progress(
     servers = {}
     for name, files in (("a", {SMOL: SMOL}), ("b", {})):
         (tmp_path / name / "home").mkdir(parents=True)
-        servers[name] = start_server(
-            tmp_path / name,
-            link_models(model_store, tmp_path / name / "models", files),
-            engine_binary,
-            OFFGRID_P2P="1",
-            OFFGRID_P2P_HOST="127.0.0.1",
-            OFFGRID_P2P_PORT=str(ports[name]),
-            OFFGRID_P2P_DISCOVERY="0",
-            OFFGRID_NODE_NAME=f"node-{name}",
-        )
+        link_models(model_store, tmp_path / name / "models", files)
+        servers[name] = start_loopback_node(tmp_path, name, ports[name], engine_binary)
     a, b = servers["a"], servers["b"]
     try:
         code = requests.post(f"{a.url}/api/peers/pairing", timeout=10).json()["code"]

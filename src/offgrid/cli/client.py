@@ -58,6 +58,20 @@ def call_server(method: str, path: str, **kwargs: Any) -> Any:
     return data
 
 
+def _events(url: str, body: dict[str, Any]) -> Iterator[str]:
+    """POST ``body`` to ``url`` and yield the data of each server-sent event as it comes
+    (httpx2's errors pass through; an error answer is raised as ours)."""
+    import httpx2
+
+    timeout = httpx2.Timeout(None, connect=10)
+    with httpx2.stream("POST", url, json=body, timeout=timeout, headers=_auth()) as resp:
+        if resp.status_code != 200:
+            raise _api_error(resp)
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                yield line[6:]
+
+
 def server_events(path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """POST ``body`` to the running server and yield each server-sent event's JSON."""
     import httpx2
@@ -65,13 +79,8 @@ def server_events(path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     settings = settings_from()
     url = f"http://{settings.host}:{settings.port}{path}"
     try:
-        timeout = httpx2.Timeout(None, connect=10)
-        with httpx2.stream("POST", url, json=body, timeout=timeout, headers=_auth()) as resp:
-            if resp.status_code != 200:
-                raise _api_error(resp)
-            for line in resp.iter_lines():
-                if line.startswith("data: "):
-                    yield json.loads(line[6:])
+        for data in _events(url, body):
+            yield json.loads(data)
     except httpx2.HTTPError as exc:
         raise EngineUnavailableError(f"No OffGrid server answers at {url} ({exc}).") from exc
 
@@ -140,27 +149,19 @@ def stream_reply(base_url: str, model: str, messages: list[dict[str, str]]) -> I
     import httpx2
 
     body = {"model": model, "messages": messages, "stream": True}
-    url = f"{base_url}/v1/chat/completions"
     try:
-        timeout = httpx2.Timeout(None, connect=10)
-        with httpx2.stream("POST", url, json=body, timeout=timeout, headers=_auth()) as resp:
-            if resp.status_code != 200:
-                raise _api_error(resp)
-            for line in resp.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:]
-                if data == "[DONE]":
-                    return
-                event: dict[str, Any] = json.loads(data)
-                if "error" in event:
-                    raise EngineError(str(event["error"].get("message", event["error"])))
-                for choice in event.get("choices", []):
-                    delta = choice.get("delta") or {}
-                    if delta.get("reasoning_content"):
-                        yield Piece(delta["reasoning_content"], reasoning=True)
-                    if delta.get("content"):
-                        yield Piece(delta["content"])
+        for data in _events(f"{base_url}/v1/chat/completions", body):
+            if data == "[DONE]":
+                return
+            event: dict[str, Any] = json.loads(data)
+            if "error" in event:
+                raise EngineError(str(event["error"].get("message", event["error"])))
+            for choice in event.get("choices", []):
+                delta = choice.get("delta") or {}
+                if delta.get("reasoning_content"):
+                    yield Piece(delta["reasoning_content"], reasoning=True)
+                if delta.get("content"):
+                    yield Piece(delta["content"])
     except httpx2.HTTPError as exc:
         raise EngineError(f"Cannot reach the server at {base_url}: {exc}") from exc
 

@@ -104,10 +104,30 @@ async def _accepts(port: int) -> bool:
 
 async def pipe_ws_to_tcp(ws: web.WebSocketResponse, port: int) -> None:
     """The worker's side of one tunnelled connection: websocket ⇄ 127.0.0.1:port."""
-    from aiohttp import WSMsgType
 
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     _nodelay(writer)
+    await _splice(ws, reader, writer)
+    writer.close()
+    await ws.close()
+
+
+async def _splice(
+    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> bool:
+    """Pipe a websocket and a TCP connection both ways until either side ends; True when
+    the TCP side ended it."""
+    from aiohttp import WSMsgType
+
+    tcp_ended = False
+
+    async def outbound() -> None:
+        nonlocal tcp_ended
+        while data := await reader.read(_READ):
+            await ws.send_bytes(data)
+        tcp_ended = True
 
     async def inbound() -> None:
         async for msg in ws:
@@ -116,13 +136,8 @@ async def pipe_ws_to_tcp(ws: web.WebSocketResponse, port: int) -> None:
             writer.write(msg.data)
             await writer.drain()
 
-    async def outbound() -> None:
-        while data := await reader.read(_READ):
-            await ws.send_bytes(data)
-
-    await _both(inbound(), outbound())
-    writer.close()
-    await ws.close()
+    await _both(outbound(), inbound())
+    return tcp_ended
 
 
 async def _both(*jobs: Coroutine[Any, Any, None]) -> None:
@@ -182,7 +197,7 @@ class Tunnel:
         return time.monotonic() - self.lost_at < LOST_S if self.lost_at else False
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from aiohttp import ClientError, WSMsgType
+        from aiohttp import ClientError
 
         _nodelay(writer)
         if not _ours(writer):  # another user of this box: the tunnel speaks for this node
@@ -196,23 +211,7 @@ class Tunnel:
             self.lost_at = time.monotonic()
             writer.close()
             return
-        ours = False  # whether this side (the engine) ended the connection
-
-        async def outbound() -> None:
-            nonlocal ours
-            while data := await reader.read(_READ):
-                await ws.send_bytes(data)
-            ours = True
-
-        async def inbound() -> None:
-            async for msg in ws:
-                if msg.type != WSMsgType.BINARY:
-                    break
-                writer.write(msg.data)
-                await writer.drain()
-
-        await _both(outbound(), inbound())
-        if not ours:
+        if not await _splice(ws, reader, writer):  # the worker's side ended it: lost
             log.warning(
                 "the RPC worker %s was lost: models split onto it start without it", self.name
             )
