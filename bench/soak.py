@@ -27,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -137,6 +138,7 @@ def main() -> None:
     began = time.monotonic()
     asyncio.run(run())
     rss1, fds1 = footprint(srv.proc.pid)
+    waits = queue_waits(requests.get(f"{srv.url}/metrics", timeout=30).text)
     engines = {p for p in llama_server_pids() if psutil.Process(p).ppid() == srv.proc.pid}
     srv.stop()
     left = [p for p in engines if psutil.pid_exists(p)]
@@ -149,9 +151,33 @@ def main() -> None:
         f"time to first token: p50 {pct(tally.ttft, 50):.0f} ms, p99 {pct(tally.ttft, 99):.0f} ms"
     )
     print(f"whole answers: p50 {pct(tally.whole, 50):.0f} ms, p99 {pct(tally.whole, 99):.0f} ms")
+    print(
+        f"queue wait (the server's histogram, load and queue): p50 ≤ {bound(waits, 0.5)} s, "
+        f"p99 ≤ {bound(waits, 0.99)} s"
+    )
     print(f"server RSS {rss0:.1f} → {rss1:.1f} MB ({(rss1 / rss0 - 1) * 100:+.1f} %, goal < 5 %)")
     print(f"server open fds {fds0} → {fds1} (goal: flat)")
     print(f"engines running at the end {len(engines)}, left after stop {len(left)} (goal 0)")
+
+
+def queue_waits(metrics: str) -> dict[float, float]:
+    """The cumulative counts of ``offgrid_queue_wait_seconds`` by bucket, all models."""
+    counts: dict[float, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("offgrid_queue_wait_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bucket = float("inf") if le == "+Inf" else float(le)
+            counts[bucket] = counts.get(bucket, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def bound(counts: dict[float, float], share: float) -> str:
+    """The smallest bucket bound under which ``share`` of the waits fall."""
+    total = counts.get(float("inf"), 0.0)
+    for le in sorted(counts):
+        if total and counts[le] >= share * total:
+            return f"{le:g}"
+    return "?"
 
 
 if __name__ == "__main__":

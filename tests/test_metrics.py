@@ -76,6 +76,7 @@ def test_metrics_count_requests_tokens_and_engines(server: Server) -> None:
     assert moved("offgrid_prompt_tokens_total", model=STARTER_ID) == prompt
     assert moved("offgrid_completion_tokens_total", model=STARTER_ID) == completion
     assert moved("offgrid_time_to_first_token_seconds_count", model=STARTER_ID) == 2
+    assert moved("offgrid_queue_wait_seconds_count", model=STARTER_ID) == 5  # one per lease
     assert value(after, "offgrid_tokens_per_second", model=STARTER_ID) > 0
     assert value(after, "offgrid_loaded_models") >= 1
     assert value(after, "offgrid_model_memory_bytes", model=STARTER_ID, kind="ram") > 1e8

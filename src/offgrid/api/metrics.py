@@ -71,6 +71,13 @@ class Metrics:
             buckets=_SECONDS,
             registry=r,
         )
+        self.wait = Histogram(
+            "offgrid_queue_wait_seconds",
+            "Time from a request's arrival at the scheduler to its engine slot (load and queue)",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
+        )
         self.speed = Gauge(
             "offgrid_tokens_per_second",
             "Decode speed of the model's last completion",
@@ -139,6 +146,10 @@ class Metrics:
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.duration.labels(route).observe(seconds)
+
+    def waited(self, model: str, seconds: float) -> None:
+        """A request got its engine slot after ``seconds`` (a load, the queue)."""
+        self.wait.labels(model).observe(seconds)
 
     def completion(self, model: str, facts: dict[str, float], ttft: float | None) -> None:
         """Count one completion's tokens (``completion_facts``) and speeds."""

@@ -82,8 +82,11 @@ class Slot:
 class Lease:
     """A request's hold on an engine; ``release()`` is idempotent."""
 
-    def __init__(self, model_id: str, slot: Slot, release: Callable[[Slot], None]) -> None:
+    def __init__(
+        self, model_id: str, slot: Slot, release: Callable[[Slot], None], waited: float = 0.0
+    ) -> None:
         self.model_id = model_id
+        self.waited = waited  # seconds from asking to holding: a load and the queue
         self.engine = slot.engine
         self._slot = slot
         self._release = release

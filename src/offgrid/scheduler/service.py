@@ -59,12 +59,13 @@ class Scheduler:
     ) -> Lease:
         """A lease on a ready engine for ``model_id``; loads it, or queues, as needed.
         A model that cannot do ``task`` is refused (BadRequestError) before it loads."""
+        asked = self._clock.now()
         slot = await self._engines.ready(model_id, task)
         await slot.enter(self.policy.parallel_of(model_id), self.policy.max_queue)
         slot.last_used = self._clock.now()
         if keep_alive is not None:
             slot.keep_alive = keep_alive
-        return Lease(model_id, slot, self._release)
+        return Lease(model_id, slot, self._release, slot.last_used - asked)
 
     def _release(self, slot: Slot) -> None:
         slot.leave(self.policy.parallel_of(slot.model_id))

@@ -127,6 +127,7 @@ class Relay:
         response, lease = await self.client.post(
             path, body, model_id, keep_alive=keep_alive, content_type=content_type
         )
+        self.metrics.waited(lease.model_id, lease.waited)
         try:
             data = await response.read()
         except aiohttp.ClientError as exc:
@@ -158,6 +159,7 @@ class Relay:
         time to first token.
         """
         upstream, lease = await self.client.open_stream(path, body, model_id, keep_alive=keep_alive)
+        self.metrics.waited(lease.model_id, lease.waited)
         began = time.perf_counter() if began is None else began
         stream = Stream(upstream, lease.model_id, began, dialect)
         try:
