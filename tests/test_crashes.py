@@ -5,7 +5,7 @@ no model is listed that is not whole and verified, and the same command run agai
 completes and verifies.
 
 A first run of each counts the calls it makes (its kill points); each seed then picks one.
-``OFFGRID_TEST_CRASH_SEEDS`` (default 4) sets how many seeds each command gets.
+``OFFGRID_TEST_CRASH_SEEDS`` (default 3) sets how many seeds each command gets.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from offgrid.engine.process import free_port
 from offgrid.models.registry import Registry
 from offgrid.models.starter import STARTER
 
-SEEDS = int(os.environ.get("OFFGRID_TEST_CRASH_SEEDS", "4"))
+SEEDS = int(os.environ.get("OFFGRID_TEST_CRASH_SEEDS", "3"))
 OFFGRID = [sys.executable, "-m", "offgrid"]
 SMOL = STARTER.file_name
 

@@ -235,6 +235,7 @@ def test_models_and_system_pages_show_real_values(page: Page, server: Server) ->
     }
     open_ui(page, server, "models")
     row = page.locator("#models-table tbody tr", has_text=STARTER_ID)
+    row.wait_for()  # the table is filled after the page loads: wait for it, not read at once
     cells = row.locator("td").all_text_contents()
     starter = installed[STARTER_ID]
     assert cells[:4] == [
@@ -360,7 +361,7 @@ def test_pull_from_a_paired_peer_shows_progress(
             state = requests.get(f"{b.url}/api/peers", timeout=10).json()
             return STARTER_ID in state["peers"][0].get("load", {}).get("models", [])
 
-        wait_for(offered, 15 * SLOWDOWN, "B to hear A's models (asked every 5 s)")
+        wait_for(offered, 15, "B to hear A's models (asked every 5 s)")
         with own_page(browser, b) as page:
             page.goto(f"{b.url}/ui#models")
             page.click(f"#peer-models tbody tr:has-text('{STARTER_ID}') button")
