@@ -8,7 +8,9 @@ prompt processing included, as a client waits for it. The search starts from
 llama-server's own defaults (the baseline) and tries one knob at a time, keeping a change
 only when it is at least ``BETTER`` faster: threads, flash attention, the KV cache's type,
 the micro-batch, and a draft model for speculative decoding when a smaller installed model
-shares this one's vocabulary. It stops at the time budget (3 minutes by default).
+shares this one's vocabulary; a change that looks better is measured again, in turn with
+the flags it would replace, before it is kept. It stops at the time budget (3 minutes by
+default).
 
 The result is kept per model in ``<data dir>/tuning.json`` with the machine it was
 measured on (its CPU and cores): flags tuned on another machine are not used here.
@@ -122,11 +124,21 @@ def tune(
                 continue
             trials.append(trial)
             heard(name, trial)
-            if trial.score > best.score * BETTER:
+            if trial.score > best.score * BETTER and _confirmed(binary, model, trial, best):
                 best, kept = trial, {**kept, name: flags}
     return Tuning(
         model.id, best.args, best.score, base.score, machine(), trials, time.monotonic() - began
     )
+
+
+def _confirmed(binary: Path, model: ModelInfo, trial: Trial, best: Trial) -> bool:
+    """Whether ``trial`` still beats ``best`` when both are measured once more, in turn: a
+    shared machine's noise (several percent) must not pick flags that are no better."""
+    try:
+        again, best_again = measure(binary, model, trial.args), measure(binary, model, best.args)
+    except EngineError:
+        return False
+    return trial.score + again.score > (best.score + best_again.score) * BETTER
 
 
 def measure(binary: Path, model: ModelInfo, args: tuple[str, ...]) -> Trial:
