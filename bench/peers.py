@@ -195,6 +195,35 @@ def _report(rounds: int, lan: Lan, a: Any, b: Any, tmp: Path) -> None:
         f"/ curl plain {plain_s / pull_s:.2f}; peer client alone / curl mTLS "
         f"{curl_s / bare_s:.2f}"
     )
+    # a wired LAN of 1 Gbit/s (A's side of the link shaped): the network sets the pace
+    a_node.exec(
+        [
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            "eth0",
+            "root",
+            "tbf",
+            "rate",
+            "1gbit",
+            "burst",
+            "1mb",
+            "latency",
+            "50ms",
+        ],
+        check=True,
+    )
+    paced_pull, paced_curl = [], []
+    for _ in range(rounds):
+        paced_pull.append(_pull(b.url, gemma))
+        paced_curl.append(_curl(b_node, peer_url, dest, *tls))
+    a_node.exec(["tc", "qdisc", "del", "dev", "eth0", "root"], check=True)
+    p_s, c_s = statistics.median(paced_pull), statistics.median(paced_curl)
+    print(
+        f"  link shaped at 1 Gbit/s: pull {mb / p_s:.1f} MB/s, curl mTLS {mb / c_s:.1f} MB/s: "
+        f"ratio {c_s / p_s:.2f}"
+    )
 
     wait_for(
         lambda: any(
