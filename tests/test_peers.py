@@ -41,8 +41,9 @@ from offgrid.p2p.identity import (
     checked_cert,
     client_context,
     server_context,
+    signed_by,
 )
-from offgrid.p2p.pairing import Pairing, derive_key, new_code, proof
+from offgrid.p2p.pairing import Pairing, derive_key, holding, new_code, proof
 
 P2P_PORT = 11612
 RERANKER = "minilm-random-rank-head.F16"  # 45 MB: the copy whose byte gets flipped
@@ -572,6 +573,15 @@ def test_every_pinned_peer_gets_in_and_a_stranger_does_not(tmp_path: Path) -> No
         return results
 
     assert asyncio.run(main()) == [True, True, True, False]
+
+
+def test_a_joiner_proves_it_holds_the_key_of_the_certificate_it_sends(tmp_path: Path) -> None:
+    mine, theirs = _identity(tmp_path, "mine"), _identity(tmp_path, "theirs")
+    said = holding("s" * 64, mine.fingerprint, "n" * 32)
+    assert signed_by(mine.cert_pem, said, mine.sign(said))
+    assert not signed_by(theirs.cert_pem, said, mine.sign(said)), "a certificate not its own"
+    assert not signed_by(mine.cert_pem, said + b"!", mine.sign(said))
+    assert not signed_by(mine.cert_pem, said, "not hex")
 
 
 def test_a_pairing_certificate_must_be_one_sound_ed25519_certificate(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from offgrid.errors import BadRequestError, OffGridError, PermissionDeniedError, UnreachableError
 from offgrid.p2p.identity import PAIRING_NAME, Identity, client_context, fingerprint
-from offgrid.p2p.pairing import derive_key, proof
+from offgrid.p2p.pairing import derive_key, holding, proof
 from offgrid.p2p.peers import Peer
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ def _exchange(
             "port": my_port,
             "nonce": nonce,
             "proof": proof(key, "client", server_fp, me.fingerprint, nonce),
+            "signature": me.sign(holding(server_fp, me.fingerprint, nonce)),
         }
     ).encode()
     head = (

@@ -56,6 +56,16 @@ class Identity:
     def fingerprint(self) -> str:
         return fingerprint(self.cert_pem)
 
+    def sign(self, data: bytes) -> str:
+        """``data`` signed with this node's key, hex (a joiner proves it holds its key)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise IntegrityError(f"{self.key_path} is not an ed25519 key")
+        return key.sign(data).hex()
+
     @classmethod
     def load(cls, keys: Keys, name: str) -> Identity:
         """This node's identity: the certificate of its key, made when missing or when it
@@ -124,6 +134,22 @@ def checked_cert(pem: str) -> str:
     if pem.strip() != clean.strip():
         raise BadRequestError("The pairing request carries more than one certificate")
     return clean
+
+
+def signed_by(cert_pem: str, data: bytes, signature: str) -> bool:
+    """Whether ``signature`` (hex) over ``data`` was made by the key of ``cert_pem``."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        return False
+    try:
+        key.verify(bytes.fromhex(signature), data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def fingerprint(cert: str | bytes) -> str:

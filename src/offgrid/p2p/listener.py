@@ -30,8 +30,8 @@ from offgrid.config import Settings
 from offgrid.errors import BadRequestError, NotFoundError, OffGridError, PermissionDeniedError
 from offgrid.models.registry import Registry
 from offgrid.p2p.federation import HOP_HEADER
-from offgrid.p2p.identity import Identity, checked_cert, fingerprint
-from offgrid.p2p.pairing import Pairing, proof
+from offgrid.p2p.identity import Identity, checked_cert, fingerprint, signed_by
+from offgrid.p2p.pairing import Pairing, holding, proof
 from offgrid.p2p.peers import NAME, Peer, PeerStore
 from offgrid.p2p.rpc import pipe_ws_to_tcp
 
@@ -168,6 +168,10 @@ class Listener:
         cert = checked_cert(cert)
         client_fp = fingerprint(cert)
         me = self.node.identity
+        if len(nonce) != 32 or not signed_by(
+            cert, holding(me.fingerprint, client_fp, nonce), str(body.get("signature", ""))
+        ):
+            raise BadRequestError("The pairing request is not signed by its certificate's key")
         async with self._checking:  # scrypt, off the loop, one at a time (a guesser is slowed)
             key = await asyncio.to_thread(
                 self.node.pairing.check, me.fingerprint, client_fp, nonce, their

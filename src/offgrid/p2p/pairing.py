@@ -53,6 +53,12 @@ def derive_key(secret: str, server_fingerprint: str) -> bytes:
     return hashlib.scrypt(_normal(secret).encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
 
 
+def holding(server_fp: str, client_fp: str, nonce: str) -> bytes:
+    """What a joiner signs with its key: that it holds the key of the certificate it asks
+    to have pinned (a code alone would let someone pin a certificate not theirs)."""
+    return f"offgrid-pair-1 key {server_fp} {client_fp} {nonce}".encode()
+
+
 def proof(key: bytes, role: str, server_fp: str, client_fp: str, nonce: str) -> str:
     """What ``role`` ("client" or "server") sends to show it knows the code."""
     message = f"offgrid-pair-1 {role} {server_fp} {client_fp} {nonce}".encode()
