@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from offgrid.config import load_settings, parse_aliases, parse_model_settings
+from offgrid.config import load_settings
 from offgrid.errors import ConfigError
+from offgrid.setting_values import parse_aliases, parse_model_settings
 from offgrid.units import parse_duration
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from offgrid.errors import ConfigError
+from offgrid.setting_values import one_of, parse_aliases, parse_model_settings
 from offgrid.units import parse_duration, parse_size
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
     "Settings",
     "config_file_path",
     "load_settings",
-    "parse_aliases",
-    "parse_model_settings",
 ]
 
 
@@ -106,6 +105,11 @@ class Settings:
         coerced = {k: _coerce(k, v) for k, v in given.items()}
         sources = dict(self.sources) | dict.fromkeys(given, "flag")
         return replace(self, **coerced, sources=sources)
+
+    @property
+    def reach_host(self) -> str:
+        """Where this box reaches its own API: a wildcard bind is reached on loopback."""
+        return "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
 
     @property
     def model_folders(self) -> list[Path]:
@@ -313,41 +317,6 @@ FIELDS: tuple[Setting, ...] = (
 
 SECRETS = frozenset({"api_key", "p2p_token"})  # never printed or logged
 
-MODEL_SETTING_KEYS = {"context_size", "parallel", "threads", "gpu_layers", "extra_args"}
-
-
-def parse_aliases(text: str) -> dict[str, str]:
-    """``"a=x,b=y"`` → ``{"a": "x", "b": "y"}``."""
-    aliases = {}
-    for item in text.split(","):
-        if item.strip():
-            name, sep, target = item.partition("=")
-            if not sep or not name.strip() or not target.strip():
-                raise ConfigError(f"Model alias '{item}' must look like name=model-id")
-            aliases[name.strip()] = target.strip()
-    return aliases
-
-
-def parse_model_settings(text: str) -> dict[str, dict[str, Any]]:
-    """Per-model engine settings from JSON: ``{"model-id": {"context_size": 2048, ...}}``."""
-    if not text.strip():
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"Model settings are not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigError("Model settings must map model ids to mappings of settings")
-    for model_id, values in data.items():
-        unknown = set(values) - MODEL_SETTING_KEYS
-        if unknown:
-            raise ConfigError(
-                f"Unknown settings for model '{model_id}': {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(sorted(MODEL_SETTING_KEYS))})"
-            )
-    return data
-
-
 _TYPES: dict[str, type] = {f.name: f.type for f in fields(Settings)}  # type: ignore[misc]
 
 
@@ -410,14 +379,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def _one_of(*choices: str) -> Callable[[str], None]:
-    def check(value: str) -> None:
-        if value.lower() not in choices:
-            raise ConfigError(f"use one of {', '.join(choices)}")
-
-    return check
-
-
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from defaults, the config file and ``env`` (default: the process env)."""
     env = os.environ if env is None else env
@@ -444,8 +405,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 "memory": parse_size,
                 "model_aliases": parse_aliases,
                 "model_settings": parse_model_settings,
-                "log_level": _one_of("debug", "info", "warning", "error"),
-                "log_format": _one_of("text", "json"),
+                "log_level": one_of("debug", "info", "warning", "error"),
+                "log_format": one_of("text", "json"),
             }.get(name)
             if check:
                 check(coerced[name])

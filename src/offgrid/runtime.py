@@ -24,7 +24,7 @@ from offgrid.api.relay.path import Relay
 from offgrid.api.relay.request import ROUTES
 from offgrid.auth.guard import Guard, open_without_keys
 from offgrid.auth.keys import KeyStore
-from offgrid.config import Settings, parse_aliases
+from offgrid.config import Settings
 from offgrid.engine.plan import (
     estimate,
     make_starter,
@@ -42,6 +42,7 @@ from offgrid.p2p import Node
 from offgrid.placement import Memory
 from offgrid.resources import available_memory, gpu_free_memory
 from offgrid.scheduler import Scheduler
+from offgrid.setting_values import parse_aliases
 
 __all__ = ["Runtime"]
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from offgrid.config import Settings, parse_model_settings
+from offgrid.config import Settings
 from offgrid.engine.build import find_engine
 from offgrid.engine.process import Engine, EngineOptions
 from offgrid.engine.tune import load_tuned
@@ -21,6 +21,7 @@ from offgrid.models.registry import ModelInfo
 from offgrid.placement import Footprint, Memory, Placement, footprint, place
 from offgrid.resources import gpus
 from offgrid.scheduler import Policy
+from offgrid.setting_values import parse_model_settings
 from offgrid.units import parse_duration, parse_size
 
 __all__ = [

@@ -18,6 +18,7 @@ measured on (its CPU and cores): flags tuned on another machine are not used her
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -73,6 +74,7 @@ class Tuning:
         return self.score / self.baseline if self.baseline else 0.0
 
 
+@functools.cache
 def machine() -> str:
     """What tuned flags are valid for: the CPU, its cores and the engine."""
     cpu = platform.processor() or platform.machine()
@@ -221,11 +223,22 @@ def save(data_dir: Path, tuning: Tuning) -> Path:
 
 
 def load_tuned(data_dir: Path, model_id: str) -> tuple[str, ...]:
-    """The flags tuned for ``model_id`` on this machine; none if never tuned here."""
-    entry = _read(data_dir / "tuning.json").get(model_id)
+    """The flags tuned for ``model_id`` on this machine; none if never tuned here. (Asked
+    at every placement and estimate: the file is read again only when it changed.)"""
+    path = data_dir / "tuning.json"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return ()
+    entry = _read_cached(path, stamp).get(model_id)
     if not isinstance(entry, dict) or entry.get("machine") != machine():
         return ()
     return tuple(str(a) for a in entry.get("args", []))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cached(path: Path, _stamp: int) -> dict[str, Any]:
+    return _read(path)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from offgrid.errors import UnreachableError
-from offgrid.p2p.client import host_port
+from offgrid.p2p.client import address_of, host_port
 from offgrid.p2p.identity import Identity, client_context
 from offgrid.p2p.peers import Peer, PeerStore
 
@@ -103,7 +103,7 @@ class Federation:
 
     def _url(self, peer: Peer, path: str, address: str | None = None) -> str:
         host, port = host_port(address or peer.address)
-        return f"https://{f'[{host}]' if ':' in host else host}:{port}{path}"
+        return f"https://{address_of(host, port)}{path}"
 
     async def rpc_socket(self, peer: Peer) -> aiohttp.ClientWebSocketResponse:
         """A websocket to the peer's RPC worker (``p2p.rpc``), inside the mutual TLS."""

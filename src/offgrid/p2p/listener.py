@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from offgrid.config import Settings
 from offgrid.errors import BadRequestError, NotFoundError, OffGridError, PermissionDeniedError
 from offgrid.models.registry import Registry
+from offgrid.p2p.client import address_of
 from offgrid.p2p.federation import HOP_HEADER
 from offgrid.p2p.identity import Identity, checked_cert, fingerprint, signed_by
 from offgrid.p2p.pairing import Pairing, holding, proof
@@ -215,15 +216,13 @@ class Listener:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
             self._local = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         settings = self.node.settings
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-        host = f"[{host}]" if ":" in host else host
         headers = {
             "content-type": request.headers.get("content-type", "application/json"),
             "authorization": f"Bearer {self.node.peer_key}",
             HOP_HEADER: request["peer"].name,
         }
         body = await request.read()
-        url = f"http://{host}:{settings.port}{path}"
+        url = f"http://{address_of(settings.reach_host, settings.port)}{path}"
         async with self._local.post(url, data=body, headers=headers) as local:
             answer = web.StreamResponse(status=local.status)
             for name in ("content-type", "retry-after", "cache-control"):

@@ -63,14 +63,9 @@ def _service(_settings: Settings) -> Check:
     )
 
 
-def _reach(settings: Settings) -> str:
-    """The host to call the server on: a wildcard bind is reached on loopback."""
-    return "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-
-
 def _port(settings: Settings) -> Check:
     where = f"{settings.host}:{settings.port}"
-    host = _reach(settings)
+    host = settings.reach_host
     try:
         with socket.create_connection((host, settings.port), timeout=2):
             pass
@@ -87,7 +82,7 @@ def _port(settings: Settings) -> Check:
 def _health(settings: Settings) -> Check:
     import httpx2
 
-    url = f"http://{_reach(settings)}:{settings.port}"
+    url = f"http://{settings.reach_host}:{settings.port}"
     try:
         health = httpx2.get(f"{url}/health", timeout=5)
         ready = httpx2.get(f"{url}/readyz", timeout=30)
@@ -171,7 +166,7 @@ def _peers(settings: Settings) -> Check:
 
     if not settings.p2p:
         return Check("peers", True, "P2P is off: nothing listens beyond loopback")
-    url = f"http://{_reach(settings)}:{settings.port}/api/peers"
+    url = f"http://{settings.reach_host}:{settings.port}/api/peers"
     auth = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     try:
         state = httpx2.get(url, timeout=10, headers=auth).json()

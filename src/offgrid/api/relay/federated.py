@@ -33,6 +33,9 @@ def federates(runtime: Runtime, call: Call, model: str, *, installed: bool = Fal
         name == HOP_HEADER.encode() for name, _ in call.scope["headers"]
     ):
         return False
+    federation = runtime.p2p.federation
+    if federation.loads and not federation.choose(model):
+        return False  # no peer has it: no need to look through this node's folders
     return installed or model not in runtime.registry.ids()
 
 
