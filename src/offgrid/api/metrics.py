@@ -48,6 +48,7 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "offgrid_requests", "HTTP requests answered", ["route", "status"], registry=r
         )
@@ -143,24 +144,33 @@ class Metrics:
             "ram_used_bytes": float(mem.total - mem.available),
         }
 
+    def _of(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: prometheus_client validates and locks
+        on every call, and this runs several times for each request."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        self._of(self.requests, route, str(status)).inc()
+        self._of(self.duration, route).observe(seconds)
 
     def waited(self, model: str, seconds: float) -> None:
         """A request got its engine slot after ``seconds`` (a load, the queue)."""
-        self.wait.labels(model).observe(seconds)
+        self._of(self.wait, model).observe(seconds)
 
     def completion(self, model: str, facts: dict[str, float], ttft: float | None) -> None:
         """Count one completion's tokens (``completion_facts``) and speeds."""
         if "prompt" in facts:
-            self.prompt_tokens.labels(model).inc(facts["prompt"])
+            self._of(self.prompt_tokens, model).inc(facts["prompt"])
         if "completion" in facts:
-            self.completion_tokens.labels(model).inc(facts["completion"])
+            self._of(self.completion_tokens, model).inc(facts["completion"])
         if "per_second" in facts:
-            self.speed.labels(model).set(facts["per_second"])
+            self._of(self.speed, model).set(facts["per_second"])
         if ttft is not None:
-            self.ttft.labels(model).observe(ttft)
+            self._of(self.ttft, model).observe(ttft)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,7 +10,10 @@ finished. Placement, starting engines, the memory probe and the clock are inject
   many layers on the GPU) for the memory it could have with every idle model stopped: more
   layers on the GPU beat keeping an idle model loaded. Then idle models are stopped, least
   recently used first, only until that placement fits. A model with requests in flight, or
-  a pinned one, is never evicted. A model that cannot fit even alone is refused with how
+  a pinned one, is never evicted; when only busy models hold the memory a waiting model
+  needs, they are drained (nothing new admitted; their queued requests ask again once they
+  are stopped, and reload them in turn), so a model in steady demand cannot keep another
+  out for ever. A model that cannot fit even alone is refused with how
   much it needs and how much there is. ``max_loaded`` caps the count the same way.
 - Each model runs at most ``parallel`` requests; up to ``max_queue`` more wait in arrival
   order; beyond that the request gets 429 with Retry-After. A waiter whose client leaves
@@ -26,7 +29,14 @@ turns and leases), ``lifecycle`` (starting, crashes, unloading, reaping), ``serv
 """
 
 from offgrid.scheduler.clock import Clock, MonotonicClock
-from offgrid.scheduler.policy import Policy, SlotView, expired, plan_eviction, plan_load
+from offgrid.scheduler.policy import (
+    Policy,
+    SlotView,
+    expired,
+    plan_drain,
+    plan_eviction,
+    plan_load,
+)
 from offgrid.scheduler.queues import Lease
 from offgrid.scheduler.service import Scheduler
 
@@ -38,6 +48,7 @@ __all__ = [
     "Scheduler",
     "SlotView",
     "expired",
+    "plan_drain",
     "plan_eviction",
     "plan_load",
 ]

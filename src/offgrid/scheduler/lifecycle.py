@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from offgrid.models.model_info import Task
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.placement import Memory, Placement
 from offgrid.scheduler.clock import Clock
-from offgrid.scheduler.policy import Policy, SlotView, expired, plan_load
+from offgrid.scheduler.policy import Policy, SlotView, expired, plan_drain, plan_load
 from offgrid.scheduler.queues import Slot
 
 __all__ = ["CRASH_LIMIT", "CRASH_WINDOW", "Engines", "Health", "PlanFn", "StartFn"]
@@ -94,6 +95,8 @@ class Engines:
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_changed = asyncio.Event()
+        self._reap_at = 0.0  # when the reaper wakes next (clock time)
+        self._waiting = 0  # loads waiting for room
 
     # -- loading ----------------------------------------------------------------------
     async def ready(self, model_id: str, task: Task | None = None) -> Slot:
@@ -124,18 +127,7 @@ class Engines:
             stale = self.slots.pop(model_id, None)
             if stale is not None:
                 await stale.engine.stop()
-            async with self._changed:
-                while True:
-                    decision = plan_load(
-                        lambda budget: self._plan(model, budget),
-                        self._free(),
-                        self._views(),
-                        self.policy.max_loaded,
-                    )
-                    if decision is not None:
-                        break
-                    await self._changed.wait()
-            placement, victims = decision
+            placement, victims = await self._room_for(model)
             for victim in victims:
                 await self._unload(victim, "to make room")
             try:
@@ -152,6 +144,32 @@ class Engines:
         self.slots[model_id] = slot
         self._ensure_reaper()
         return slot
+
+    async def _room_for(self, model: ModelInfo) -> tuple[Placement, list[str]]:
+        """Wait until ``model`` can be placed: its placement and the idle models to stop.
+        Meanwhile the busy models holding its memory are drained; those it did not need
+        after all admit requests again."""
+        plan = functools.partial(self._plan, model)
+        victims: list[str] = []
+        try:
+            async with self._changed:
+                while True:
+                    views, max_loaded = self._views(), self.policy.max_loaded
+                    decision = plan_load(plan, self._free(), views, max_loaded)
+                    if decision is not None:
+                        victims = decision[1]
+                        return decision
+                    for mid in plan_drain(plan, self._free(), views, max_loaded):
+                        self.slots[mid].draining = True
+                    self._waiting += 1
+                    try:
+                        await self._changed.wait()
+                    finally:
+                        self._waiting -= 1
+        finally:
+            for mid, slot in self.slots.items():
+                if slot.draining and mid not in victims:
+                    slot.resume(self.policy.parallel_of(mid))
 
     def _views(self) -> list[SlotView]:
         return [
@@ -189,8 +207,7 @@ class Engines:
             del self.slots[engine.model.id]
             if engine.state is EngineState.EXITED:
                 self._record_crash(engine.model.id, f"engine exited ({engine.exit_reason})")
-            # queued requests go back to acquire() and reload
-            slot.fail_waiters(f"The engine for '{engine.model.id}' died.")
+            slot.send_back()  # queued requests ask again, and reload it
             self._background(self._notify())
 
     async def discard(self, engine: Engine) -> None:
@@ -219,10 +236,13 @@ class Engines:
 
     # -- going idle and unloading -----------------------------------------------------
     def went_idle(self, slot: Slot) -> None:
-        """``slot`` has no request left: the reaper re-plans, waiting loads look again,
-        and under keep-alive 0 it unloads at once."""
-        self._idle_changed.set()
-        self._background(self._notify())
+        """``slot`` has no request left: the reaper re-plans if it is due sooner than the
+        reaper wakes, waiting loads look again, and under keep-alive 0 it unloads at once.
+        (Called at the end of every request: it wakes nothing that need not wake.)"""
+        if slot.last_used + slot.keep_alive < self._reap_at and slot.keep_alive >= 0:
+            self._idle_changed.set()  # due before the reaper wakes: it must plan again
+        if self._waiting:
+            self._background(self._notify())
         if slot.keep_alive == 0 and slot.model_id not in self.policy.pinned:
             self._background(self._unload_if_idle(slot))
 
@@ -240,6 +260,7 @@ class Engines:
         slot = self.slots.pop(model_id, None)
         if slot is not None:
             log.info("unloading %s %s", model_id, why)
+            slot.send_back()
             await slot.engine.stop()
             await self._notify()
 
@@ -291,7 +312,9 @@ class Engines:
             for mid, s in due:
                 if self.slots.get(mid) is s and s.active == 0:
                     await self._unload(mid, "after its keep-alive")
+            self._reap_at = now + max(0.05, wake)
             await self._clock.wait(self._idle_changed, max(0.05, wake))
+        self._reap_at = 0.0
 
     async def close(self) -> None:
         """Stop every engine (and any load in progress)."""

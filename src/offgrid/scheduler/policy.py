@@ -1,15 +1,24 @@
 """The scheduler's pure decisions: where a model goes, which idle models make room for it,
-and when an idle model has outlived its keep-alive. Tested with tables, no engine."""
+which busy ones to drain when none can, and when an idle model has outlived its
+keep-alive. Tested with tables, no engine."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from offgrid.errors import InsufficientMemoryError
 from offgrid.placement import MIB, Memory, Placement
 
-__all__ = ["RESERVE", "Policy", "SlotView", "expired", "plan_eviction", "plan_load"]
+__all__ = [
+    "RESERVE",
+    "Policy",
+    "SlotView",
+    "expired",
+    "plan_drain",
+    "plan_eviction",
+    "plan_load",
+]
 
 RESERVE = Memory(256 * MIB, 512 * MIB)
 
@@ -88,6 +97,23 @@ def plan_load(
     if not (alone := plan(at_best)).need.fits(at_best):
         raise InsufficientMemoryError(alone.need, at_best)
     return None
+
+
+def plan_drain(
+    plan: Callable[[Memory], Placement],
+    free: Memory,
+    loaded: Sequence[SlotView],
+    max_loaded: int,
+) -> list[str]:
+    """The busy models to drain for a load that has to wait: those ``plan_eviction`` would
+    stop were they idle (least recently used first, as few as the model needs). Without
+    this a model that keeps being asked for never goes idle, and the waiting one waits for
+    ever; drained, it finishes what runs, makes room, and its queue reloads it in turn."""
+    unpinned = [replace(s, active=0) for s in loaded if not s.pinned]
+    need = plan(free + _total(unpinned)).need
+    victims = plan_eviction(need, free, [*unpinned, *(s for s in loaded if s.pinned)], max_loaded)
+    busy = {s.model_id for s in loaded if s.active}
+    return [v for v in victims or [] if v in busy]
 
 
 def expired(active: int, last_used: float, keep_alive: float, pinned: bool, now: float) -> bool:

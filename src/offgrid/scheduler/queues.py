@@ -1,5 +1,9 @@
 """Requests on one loaded engine: at most ``parallel`` run, up to ``max_queue`` more wait
-their turn in arrival order, and each running one holds a ``Lease`` until it is done."""
+their turn in arrival order, and each running one holds a ``Lease`` until it is done.
+
+A slot that is *draining* (another model waits for its memory) admits nothing new: its
+running requests finish, it goes idle and is stopped, and those still waiting are sent
+back (``SentBack``) to ask again, which loads the model anew in its turn."""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from offgrid.engine.process import Engine
-from offgrid.errors import EngineUnavailableError, OverloadedError
+from offgrid.errors import OverloadedError
 from offgrid.placement import Placement
 
-__all__ = ["Lease", "Slot"]
+__all__ = ["Lease", "SentBack", "Slot"]
+
+
+class SentBack(Exception):
+    """A queued request's engine was stopped before its turn came: ask for it again."""
 
 
 @dataclass
@@ -25,19 +33,16 @@ class Slot:
     last_used: float
     active: int = 0
     waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    draining: bool = False  # another model waits for this one's memory: admit nothing new
 
     @property
     def model_id(self) -> str:
         return self.engine.model.id
 
-    @property
-    def idle(self) -> bool:
-        return self.active == 0 and not self.waiters
-
     async def enter(self, parallel: int, max_queue: int) -> None:
         """Take a place among the ``parallel`` running, after waiting for one if all are
         taken; OverloadedError (429) when ``max_queue`` requests wait already."""
-        if self.active >= parallel:
+        if self.active >= parallel or self.draining:
             await self._wait_turn(parallel, max_queue)
         self.active += 1
 
@@ -46,11 +51,17 @@ class Slot:
         self.active -= 1
         self._hand_over(parallel)
 
-    def fail_waiters(self, message: str) -> None:
-        """Send every waiter back with EngineUnavailableError (the engine died: they reload)."""
+    def resume(self, parallel: int) -> None:
+        """Stop draining (the waiting model found room elsewhere): admit the waiters."""
+        self.draining = False
+        self._hand_over(parallel)
+
+    def send_back(self) -> None:
+        """The engine is stopped or gone: every waiter asks again (and reloads it)."""
         for turn in self.waiters:
             if not turn.done():
-                turn.set_exception(EngineUnavailableError(message))
+                turn.set_exception(SentBack())
+        self.waiters.clear()
 
     async def _wait_turn(self, parallel: int, max_queue: int) -> None:
         if len(self.waiters) >= max_queue:
@@ -66,13 +77,13 @@ class Slot:
         except BaseException:
             if turn in self.waiters:
                 self.waiters.remove(turn)
-            elif turn.done() and not turn.cancelled():
+            elif turn.done() and not turn.cancelled() and turn.exception() is None:
                 self._hand_over(parallel)  # we were given the turn but leave: pass it on
             raise
 
     def _hand_over(self, parallel: int) -> None:
         """Give a free place to the first waiter still waiting."""
-        while self.waiters and self.active < parallel:
+        while self.waiters and self.active < parallel and not self.draining:
             turn = self.waiters.popleft()
             if not turn.done():
                 turn.set_result(None)

@@ -15,7 +15,7 @@ from offgrid.placement import Memory, Placement
 from offgrid.scheduler.clock import Clock, MonotonicClock
 from offgrid.scheduler.lifecycle import Engines, PlanFn, StartFn
 from offgrid.scheduler.policy import Policy
-from offgrid.scheduler.queues import Lease, Slot
+from offgrid.scheduler.queues import Lease, SentBack, Slot
 
 __all__ = ["Scheduler"]
 
@@ -60,8 +60,13 @@ class Scheduler:
         """A lease on a ready engine for ``model_id``; loads it, or queues, as needed.
         A model that cannot do ``task`` is refused (BadRequestError) before it loads."""
         asked = self._clock.now()
-        slot = await self._engines.ready(model_id, task)
-        await slot.enter(self.policy.parallel_of(model_id), self.policy.max_queue)
+        while True:
+            slot = await self._engines.ready(model_id, task)
+            try:
+                await slot.enter(self.policy.parallel_of(model_id), self.policy.max_queue)
+                break
+            except SentBack:  # its engine stopped before our turn: ask again
+                continue
         slot.last_used = self._clock.now()
         if keep_alive is not None:
             slot.keep_alive = keep_alive
@@ -70,7 +75,7 @@ class Scheduler:
     def _release(self, slot: Slot) -> None:
         slot.leave(self.policy.parallel_of(slot.model_id))
         slot.last_used = self._clock.now()
-        if slot.idle:
+        if slot.active == 0:  # idle, or draining with a queue: either way it can make room
             self._engines.went_idle(slot)
 
     # -- admin ------------------------------------------------------------------------
@@ -117,6 +122,7 @@ class Scheduler:
                     "gpu_layers": s.placement.gpu_layers,
                     "active_requests": s.active,
                     "queued_requests": len(s.waiters),
+                    "draining": s.draining,
                     "parallel": self.policy.parallel_of(mid),
                     "pinned": pinned,
                     "keep_alive": s.keep_alive,
