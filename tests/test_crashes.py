@@ -1,8 +1,8 @@
-"""SIGKILL at many points (issue 18): `offgrid import`, `export`, a Hub download and a pull
-from a peer are killed at kill points chosen by a seed — before or after the n-th write,
-fsync, rename, link or unlink they make (tests/offline_guard/kill_points.py) — and then:
-no model is listed that is not whole and verified, and the same command run again
-completes and verifies.
+"""SIGKILL at many points (issue 18): `offgrid import`, `export`, `pack`, a Hub download and
+a pull from a peer are killed at kill points chosen by a seed — before or after the n-th
+write, fsync, rename, link or unlink they make (tests/offline_guard/kill_points.py) — and
+then: no model is listed that is not whole and verified (no pack passes its installer's
+checks that is not whole), and the same command run again completes and verifies.
 
 A first run of each counts the calls it makes (its kill points); each seed then picks one.
 ``OFFGRID_TEST_CRASH_SEEDS`` (default 3) sets how many seeds each command gets.
@@ -156,6 +156,39 @@ def test_export_killed_anywhere(
 
     crash_then_rerun(tmp_path, ["export", STARTER_ID, str(dest)], models_env, check, reset)
     assert whole_models(reader) == {STARTER_ID: "OK"}
+
+
+def test_pack_killed_anywhere(tmp_path: Path, models_env: dict[str, str]) -> None:
+    """A pack cut short is refused by its own installer's checks (or, sealed, is the whole
+    pack); `offgrid pack` into the same folder again completes, and the pack verifies.
+    Without models: their part is `export`'s bundle, killed above."""
+    env = {**models_env, "OFFGRID_CACHE_DIR": str(load_settings(REAL_ENV).cache_dir)}
+    dest = tmp_path / "stick" / "offgrid-pack"
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    whole: set[str] = set()
+
+    def verified() -> bool:
+        install = dest / "install.sh"
+        checks = ["bash", str(install), "--verify-only"]
+        return install.exists() and subprocess.run(checks, capture_output=True).returncode == 0
+
+    def check(point: str) -> None:
+        if verified():  # only a whole pack may pass: every file the finished one has
+            listed = {line[66:] for line in (dest / "SHA256SUMS").read_text().splitlines()}
+            assert listed == whole, (point, sorted(whole ^ listed)[:5])
+
+    argv = ["pack", str(dest), "--python", python]
+    counts = counted(argv, env, tmp_path)
+    assert verified()
+    whole |= {line[66:] for line in (dest / "SHA256SUMS").read_text().splitlines()}
+    for seed in range(SEEDS):
+        point = kill_point(counts, seed)
+        killed = run(argv, env, point)
+        assert killed.returncode in (-signal.SIGKILL, 0), (point, killed.stderr)
+        check(point)
+        again = run(argv, env)
+        assert again.returncode == 0, (point, again.stderr)
+        assert verified(), point
 
 
 def test_hub_download_killed_anywhere(

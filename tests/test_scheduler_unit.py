@@ -190,12 +190,14 @@ def make(
     fail: bool = False,
     available: Callable[[], Memory] = lambda: ram(100),
     clock: ManualClock | None = None,
+    start_s: float = 0.0,
     **policy: Any,
 ) -> tuple[Scheduler, list[str]]:
     starts: list[str] = []
 
     async def start(model: ModelInfo, placement: Placement) -> Any:
         starts.append(model.id)
+        await asyncio.sleep(start_s)  # an engine that takes a while to load
         if fail:
             raise EngineUnavailableError(f"cannot load {model.id}")
         return FakeEngine(model)
@@ -294,20 +296,41 @@ def test_a_model_in_steady_demand_is_drained_for_one_that_waits() -> None:
     asyncio.run(main())
 
 
-def test_a_drained_model_admits_again_when_the_waiting_one_finds_room() -> None:
+def test_a_model_swapped_in_serves_its_requests_before_it_can_be_swapped_out() -> None:
     async def main() -> None:
-        room = [ram(1.5)]  # memory free on the machine
-        sched, starts = make(available=lambda: room[0], reserve=Memory())
+        sched, starts = make(max_loaded=1, parallel=2, start_s=0.05)
         first = await sched.acquire("a")
-        room[0] = ram(0.5)  # a took 1 GiB: b does not fit beside it
         b = asyncio.create_task(sched.acquire("b"))
         await until(lambda: sched.status()[0].get("draining"), "a to be drained for b")
         later = asyncio.create_task(sched.acquire("a"))
         await until(lambda: sched.status()[0]["queued_requests"] == 1, "a's new request queued")
-        room[0] = ram(4)  # until another program frees memory
-        first.release()  # wakes b's load, which now fits beside a: a is not stopped
-        (await asyncio.wait_for(b, 2)).release()
+        first.release()  # b loads while a's queued request waits to reload a
+        lease_b = await asyncio.wait_for(b, 2)
+        assert lease_b.engine.alive, "b was stopped for a before its request got in"
+        lease_b.release()
         (await asyncio.wait_for(later, 2)).release()
+        assert starts == ["a", "b", "a"]
+        await sched.close()
+
+    asyncio.run(main())
+
+
+def test_a_drained_model_admits_again_when_the_waiting_one_finds_room() -> None:
+    async def main() -> None:
+        room = [ram(1.5)]  # memory free on the machine
+        sched, starts = make(available=lambda: room[0], reserve=Memory(), parallel=3)
+        first, second = await sched.acquire("a"), await sched.acquire("a")
+        room[0] = ram(0.5)  # a took 1 GiB: b does not fit beside it
+        b = asyncio.create_task(sched.acquire("b"))
+        await until(lambda: sched.status()[0].get("draining"), "a to be drained for b")
+        later = [asyncio.create_task(sched.acquire("a")) for _ in range(2)]
+        await until(lambda: sched.status()[0]["queued_requests"] == 2, "a's new requests queued")
+        room[0] = ram(4)  # until another program frees memory
+        first.release()
+        second.release()  # a is idle: b's load looks again, and now fits beside a
+        (await asyncio.wait_for(b, 2)).release()
+        for lease in await asyncio.wait_for(asyncio.gather(*later), 2):  # both get in
+            lease.release()
         assert first.engine.alive and starts == ["a", "b"]
         assert not any(row.get("draining") for row in sched.status())
         await sched.close()

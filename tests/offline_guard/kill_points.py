@@ -22,7 +22,9 @@ OPS = ("write", "fsync", "fdatasync", "replace", "rename", "link", "unlink")
 
 _counts = dict.fromkeys(OPS, 0)
 _lock = threading.Lock()
-_op, _n, _when = (os.environ.get("OFFGRID_TEST_KILL_AT", "") + "::").split(":")[:3]
+# Taken out of the environment: the process the test started is the one to kill and
+# count, not the programs it runs in turn (pip under `offgrid pack`, say)
+_op, _n, _when = (os.environ.pop("OFFGRID_TEST_KILL_AT", "") + "::").split(":")[:3]
 _kill = os.kill
 _pid = os.getpid()
 
@@ -49,7 +51,7 @@ def _hooked(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-_path = os.environ.get("OFFGRID_TEST_KILL_COUNT", "")
+_path = os.environ.pop("OFFGRID_TEST_KILL_COUNT", "")
 for _name in OPS:
     setattr(os, _name, _hooked(_name, getattr(os, _name)))
 if _path:

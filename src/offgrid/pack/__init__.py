@@ -182,8 +182,13 @@ def _prepare(dest: Path) -> None:
     except OSError as exc:
         raise SetupError(f"Cannot create {dest}: {exc.strerror}") from exc
     ours = {*PARTS, *TOP_FILES, *SEAL}
-    stale = [e for e in dest.iterdir() if e.name.startswith(".") and e.name.endswith(".partial")]
-    stale += [e for e in dest.iterdir() if e.name.startswith(tuple(f".{n}." for n in ours))]
+    # parts being staged (.NAME.partial) and files being written (.NAME.*), each once
+    stale = [
+        e
+        for e in dest.iterdir()
+        if (e.name.startswith(".") and e.name.endswith(".partial"))
+        or e.name.startswith(tuple(f".{n}." for n in ours))
+    ]
     foreign = [
         e.name
         for e in dest.iterdir()

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,7 @@ class Engines:
         self._idle_changed = asyncio.Event()
         self._reap_at = 0.0  # when the reaper wakes next (clock time)
         self._waiting = 0  # loads waiting for room
+        self._arriving: collections.Counter[str] = collections.Counter()  # awaiting a load
 
     # -- loading ----------------------------------------------------------------------
     async def ready(self, model_id: str, task: Task | None = None) -> Slot:
@@ -117,7 +119,15 @@ class Engines:
             loading = asyncio.create_task(self._load(model_id))
             self.loading[model_id] = loading
             loading.add_done_callback(lambda _t: self.loading.pop(model_id, None))
-        return await asyncio.shield(loading)
+        # Until its requests are in, a model just loaded counts as busy: another load
+        # waiting for room must not stop it before they are (nor drain it: _room_for)
+        self._arriving[model_id] += 1
+        try:
+            return await asyncio.shield(loading)
+        finally:
+            self._arriving[model_id] -= 1
+            if self._waiting and not self._arriving[model_id]:
+                self._background(self._notify())  # it may be drained now
 
     async def _load(self, model_id: str) -> Slot:
         health = self.health[model_id]
@@ -126,10 +136,16 @@ class Engines:
         async with self._load_lock:  # one placement decision at a time
             stale = self.slots.pop(model_id, None)
             if stale is not None:
+                stale.send_back()
                 await stale.engine.stop()
-            placement, victims = await self._room_for(model)
-            for victim in victims:
-                await self._unload(victim, "to make room")
+            try:
+                placement, victims = await self._room_for(model)
+                for victim in victims:
+                    await self._unload(victim, "to make room")
+            finally:  # drained models that were not needed after all, or not stopped
+                for mid, slot in self.slots.items():
+                    if slot.draining:
+                        slot.resume(self.policy.parallel_of(mid))
             try:
                 engine = await self._start(model, placement)
             except EngineUnavailableError as exc:
@@ -147,33 +163,34 @@ class Engines:
 
     async def _room_for(self, model: ModelInfo) -> tuple[Placement, list[str]]:
         """Wait until ``model`` can be placed: its placement and the idle models to stop.
-        Meanwhile the busy models holding its memory are drained; those it did not need
-        after all admit requests again."""
+        Meanwhile the busy models holding its memory are drained (the caller resumes
+        those it does not stop)."""
         plan = functools.partial(self._plan, model)
-        victims: list[str] = []
-        try:
-            async with self._changed:
-                while True:
-                    views, max_loaded = self._views(), self.policy.max_loaded
-                    decision = plan_load(plan, self._free(), views, max_loaded)
-                    if decision is not None:
-                        victims = decision[1]
-                        return decision
-                    for mid in plan_drain(plan, self._free(), views, max_loaded):
+        async with self._changed:
+            while True:
+                views, max_loaded = self._views(), self.policy.max_loaded
+                decision = plan_load(plan, self._free(), views, max_loaded)
+                if decision is not None:
+                    return decision
+                for mid in plan_drain(plan, self._free(), views, max_loaded):
+                    if not self._arriving[mid]:
                         self.slots[mid].draining = True
-                    self._waiting += 1
-                    try:
-                        await self._changed.wait()
-                    finally:
-                        self._waiting -= 1
-        finally:
-            for mid, slot in self.slots.items():
-                if slot.draining and mid not in victims:
-                    slot.resume(self.policy.parallel_of(mid))
+                self._waiting += 1
+                try:
+                    await self._changed.wait()
+                finally:
+                    self._waiting -= 1
 
     def _views(self) -> list[SlotView]:
+        """The loaded models as the policy sees them (requests on their way in count)."""
         return [
-            SlotView(mid, s.placement.need, s.active, s.last_used, mid in self.policy.pinned)
+            SlotView(
+                mid,
+                s.placement.need,
+                s.active + self._arriving[mid],
+                s.last_used,
+                mid in self.policy.pinned,
+            )
             for mid, s in self.slots.items()
         ]
 
@@ -300,6 +317,7 @@ class Engines:
         """Unload idle models whose keep-alive ran out; waits until the next one is due."""
         while self.slots:
             self._idle_changed.clear()
+            self._reap_at = math.inf  # models going idle while it unloads wake it again
             now = self._clock.now()
             due = []
             wake = 30.0

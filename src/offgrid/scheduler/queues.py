@@ -41,10 +41,13 @@ class Slot:
 
     async def enter(self, parallel: int, max_queue: int) -> None:
         """Take a place among the ``parallel`` running, after waiting for one if all are
-        taken; OverloadedError (429) when ``max_queue`` requests wait already."""
-        if self.active >= parallel or self.draining:
+        taken (or the slot drains); OverloadedError (429) when ``max_queue`` requests wait
+        already. A place handed to a waiter is counted when handed, so that nobody
+        arriving meanwhile takes it."""
+        if self.active < parallel and not self.draining and not self.waiters:
+            self.active += 1
+        else:
             await self._wait_turn(parallel, max_queue)
-        self.active += 1
 
     def leave(self, parallel: int) -> None:
         """A request is done: its place goes to the first waiter."""
@@ -78,16 +81,16 @@ class Slot:
             if turn in self.waiters:
                 self.waiters.remove(turn)
             elif turn.done() and not turn.cancelled() and turn.exception() is None:
-                self._hand_over(parallel)  # we were given the turn but leave: pass it on
+                self.leave(parallel)  # we were given a place but leave: pass it on
             raise
 
     def _hand_over(self, parallel: int) -> None:
-        """Give a free place to the first waiter still waiting."""
+        """Give the free places to the first waiters still waiting."""
         while self.waiters and self.active < parallel and not self.draining:
             turn = self.waiters.popleft()
             if not turn.done():
+                self.active += 1
                 turn.set_result(None)
-                return
 
 
 class Lease:
