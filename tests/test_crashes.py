@@ -95,9 +95,11 @@ def crash_then_rerun(
     env: dict[str, str],
     check: Callable[[str], None],
     reset: Callable[[], None] = lambda: None,
+    finished: Callable[[str], None] | None = None,
 ) -> None:
     """Count ``argv``'s kill points, then for each seed: reset, kill the run at one, check
-    what is left (``check(point)``), run it again whole and check again."""
+    what is left (``check(point)``), run it again whole and check again (``finished``,
+    when given, instead)."""
     counts = counted(argv, env, tmp)
     for seed in range(SEEDS):
         reset()
@@ -107,7 +109,7 @@ def crash_then_rerun(
         check(point)
         again = run(argv, env)
         assert again.returncode == 0, (point, again.stderr)
-        check(point)
+        (finished or check)(point)
 
 
 @pytest.fixture
@@ -172,23 +174,23 @@ def test_pack_killed_anywhere(tmp_path: Path, models_env: dict[str, str]) -> Non
         checks = ["bash", str(install), "--verify-only"]
         return install.exists() and subprocess.run(checks, capture_output=True).returncode == 0
 
+    def listed() -> set[str]:
+        return {line[66:] for line in (dest / "SHA256SUMS").read_text().splitlines()}
+
     def check(point: str) -> None:
         if verified():  # only a whole pack may pass: every file the finished one has
-            listed = {line[66:] for line in (dest / "SHA256SUMS").read_text().splitlines()}
-            assert listed == whole, (point, sorted(whole ^ listed)[:5])
+            assert listed() == whole, (point, sorted(whole ^ listed())[:5])
+
+    def reset() -> None:  # the first time, after the counting run: the whole pack's files
+        if not whole:
+            assert verified()
+            whole.update(listed())
+
+    def finished(point: str) -> None:
+        assert verified() and listed() == whole, point
 
     argv = ["pack", str(dest), "--python", python]
-    counts = counted(argv, env, tmp_path)
-    assert verified()
-    whole |= {line[66:] for line in (dest / "SHA256SUMS").read_text().splitlines()}
-    for seed in range(SEEDS):
-        point = kill_point(counts, seed)
-        killed = run(argv, env, point)
-        assert killed.returncode in (-signal.SIGKILL, 0), (point, killed.stderr)
-        check(point)
-        again = run(argv, env)
-        assert again.returncode == 0, (point, again.stderr)
-        assert verified(), point
+    crash_then_rerun(tmp_path, argv, env, check, reset, finished)
 
 
 def test_hub_download_killed_anywhere(
