@@ -49,8 +49,8 @@ def main() -> None:
         flags = " ".join(found.args) or "(the defaults)"
         print(f"{model.model_id}: search {found.seconds:.0f} s, kept {flags}")
         print(
-            f"  request (1,000-token prompt + 96 tokens): tuned {t:.1f} tok/s "
-            f"vs defaults {d:.1f}: {t / d:.2f}×"
+            f"  three chats (story, summary, code edit; whole requests): tuned {t:.1f} "
+            f"tok/s vs defaults {d:.1f}: {t / d:.2f}×"
         )
         print(f"  decode alone: tuned {td:.1f} tok/s vs defaults {dd:.1f}: {td / dd:.2f}×")
 

@@ -1,16 +1,18 @@
 """``offgrid tune MODEL``: measure this box for one model and keep the engine flags that
 serve it fastest; the scheduler starts the model with them from then on.
 
-Each trial starts llama-server on the model with one set of flags and times the same
-request twice (a prompt of about ``PROMPT_TOKENS`` tokens, no prompt cache, then
-``GENERATE`` tokens): its score is the tokens generated per second of the whole request,
-prompt processing included, as a client waits for it. The search starts from
+Each trial starts llama-server on the model with one set of flags and sends it the same
+three chats, shaped like what a box like this is asked (``_chats``): a story, a summary of
+a page of code, and that code edited — no prompt cache, at most ``GENERATE`` tokens each,
+after a warm-up. Its score is the tokens generated per second of the three whole requests,
+prompt processing included, as a client waits for them. The search starts from
 llama-server's own defaults (the baseline) and tries one knob at a time, keeping a change
-only when it is at least ``BETTER`` faster: threads, flash attention, the KV cache's type,
-the micro-batch, and a draft model for speculative decoding when a smaller installed model
-shares this one's vocabulary; a change that looks better is measured again, in turn with
-the flags it would replace, before it is kept. It stops at the time budget (3 minutes by
-default).
+only when it is at least ``BETTER`` faster: threads, draftless speculation (drafts looked
+up in the text so far), flash attention, the KV cache's type, the micro-batch, and a draft
+model when a smaller installed model shares this one's vocabulary; a change that looks
+better is measured again, in turn with the flags it would replace, before it is kept. It
+starts no trial (nor a confirmation) that the time budget (3 minutes by default) has no
+room left for, at the baseline's pace.
 
 The result is kept per model in ``<data dir>/tuning.json`` with the machine it was
 measured on (its CPU and cores): flags tuned on another machine are not used here.
@@ -37,14 +39,9 @@ from offgrid.models.model_info import ModelInfo
 
 __all__ = ["Trial", "Tuning", "load_tuned", "measure", "save", "tune"]
 
-PROMPT_TOKENS = 1000
-GENERATE = 96
+GENERATE = 128
 BETTER = 1.03  # a change is kept when at least this much faster (the noise is about 2 %)
 BUDGET_S = 170.0
-_TEXT = (
-    "The keeper of the lighthouse wrote in his log each evening: the weather, the ships "
-    "that passed, the state of the lamp and the oil, and what the sea had brought ashore. "
-)
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class Trial:
     """One set of flags, as measured."""
 
     args: tuple[str, ...]
-    score: float  # tokens generated per second of the whole request
+    score: float  # tokens generated per second of the whole requests
     prompt_tps: float
     decode_tps: float
 
@@ -90,13 +87,35 @@ def _knobs(cpus: int, drafts: list[Path]) -> Iterator[tuple[str, list[tuple[str,
     """Each knob: its name and the flags to try for it (the defaults are the baseline)."""
     counts = sorted({1, max(1, cpus // 2), cpus})
     yield "threads", [("--threads", str(n), "--threads-batch", str(n)) for n in counts]
+    yield "speculation", [("--spec-type", t) for t in ("ngram-map-k", "ngram-mod", "ngram-simple")]
     yield "flash attention", [("--flash-attn", "on"), ("--flash-attn", "off")]
     yield "KV cache", [("--cache-type-k", t, "--cache-type-v", t) for t in ("q8_0", "q4_0")]
     yield "micro-batch", [("--ubatch-size", str(n)) for n in (128, 256, 1024)]
     yield (
         "draft model",
-        [("--model-draft", str(p), "--draft-max", "8", "--draft-min", "1") for p in drafts],
+        [
+            ("--spec-type", "draft-simple", "--model-draft", str(p), "--spec-draft-n-max", "8")
+            for p in drafts
+        ],
     )
+
+
+def _chats() -> list[list[dict[str, str]]]:
+    """The three chats of a trial: a story, then a page of this program's own code (text
+    that ships with it) summed up, then edited."""
+    code = (Path(__file__).resolve().parent.parent / "scheduler" / "queues.py").read_text()
+    page = code[:3000]
+    return [
+        [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
+        [{"role": "user", "content": f"Summarize what this code does:\n\n{page}"}],
+        [
+            {
+                "role": "user",
+                "content": "Rename the class Slot to Place everywhere in this code and output "
+                f"the whole code, changed, with nothing else:\n\n{page}",
+            }
+        ],
+    ]
 
 
 def tune(
@@ -114,9 +133,14 @@ def tune(
     heard("llama-server defaults", base)
     best, kept = base, dict[str, tuple[str, ...]]()
     trials = [base]
+    per_trial = time.monotonic() - began
+
+    def room(count: int) -> bool:  # for ``count`` more trials within the budget
+        return time.monotonic() - began + count * per_trial <= budget
+
     for name, options in _knobs(os.cpu_count() or 1, drafts):
         for flags in options:
-            if time.monotonic() - began > budget:
+            if not room(1):
                 break
             args = tuple(a for k, v in ({**kept, name: flags}).items() for a in v)
             try:
@@ -126,7 +150,8 @@ def tune(
                 continue
             trials.append(trial)
             heard(name, trial)
-            if trial.score > best.score * BETTER and _confirmed(binary, model, trial, best):
+            better = trial.score > best.score * BETTER
+            if better and room(2) and _confirmed(binary, model, trial, best):
                 best, kept = trial, {**kept, name: flags}
     return Tuning(
         model.id, best.args, best.score, base.score, machine(), trials, time.monotonic() - began
@@ -160,28 +185,28 @@ def measure(binary: Path, model: ModelInfo, args: tuple[str, ...]) -> Trial:
     url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     try:
         _wait_ready(proc, url, headers)
-        prompt = _TEXT * (PROMPT_TOKENS // 40)
-        body = {
-            "prompt": prompt,
-            "n_predict": GENERATE,
-            "cache_prompt": False,
-            "temperature": 0,
-            "ignore_eos": True,
-        }
+        chats = _chats()
         runs = []
-        for _ in range(3):  # a warm-up, then two timed
+        for messages in [chats[0], *chats]:  # a warm-up, then each chat timed
+            body = {
+                "messages": messages,
+                "max_tokens": GENERATE,
+                "cache_prompt": False,
+                "temperature": 0,
+            }
             began = time.perf_counter()
-            got = httpx2.post(f"{url}/completion", json=body, headers=headers, timeout=300)
+            got = httpx2.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=300)
             took = time.perf_counter() - began
             if got.status_code != 200:
                 raise EngineError(f"the engine answered {got.status_code} with {args}")
-            runs.append((took, got.json()["timings"]))
+            answer = got.json()
+            runs.append((took, answer["usage"]["completion_tokens"], answer["timings"]))
         timed = runs[1:]
         return Trial(
             args,
-            GENERATE / statistics.median(t for t, _ in timed),
-            statistics.median(float(x["prompt_per_second"]) for _, x in timed),
-            statistics.median(float(x["predicted_per_second"]) for _, x in timed),
+            sum(n for _, n, _ in timed) / sum(t for t, _, _ in timed),
+            statistics.median(float(x["prompt_per_second"]) for _, _, x in timed),
+            statistics.median(float(x["predicted_per_second"]) for _, _, x in timed),
         )
     finally:
         proc.kill()
