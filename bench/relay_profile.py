@@ -34,6 +34,7 @@ import psutil
 
 from offgrid.config import load_settings
 from offgrid.models.starter import STARTER, place_model
+from relay import wait_health  # bench/relay.py, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_ENGINE = ROOT / "tests" / "fake_engine.py"
@@ -55,20 +56,6 @@ def first_token(http: httpx.Client, url: str, model: str, tokens: int) -> float:
             if not first and line.startswith("data: {"):
                 first = time.perf_counter() - began
     return first
-
-
-def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
 
 
 def main() -> None:
@@ -105,7 +92,7 @@ def main() -> None:
     server = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_up(url, server)
+        wait_health(url, server, 60)
         http = httpx.Client(timeout=30)
         model = STARTER.model_id
         first_token(http, url, model, args.tokens)  # loads the fake engine
