@@ -52,6 +52,12 @@ def _slowdown() -> float:
 
 SLOWDOWN = _slowdown()
 
+# Engine threads in tests: one. Beside two busy loops on 2 cores an engine with two
+# threads answered 96 tokens in 10.4 s, with one in 1.9 s (its threads wait for each
+# other at every step while the other jobs hold the cores); quiet, one thread is 1.4x
+# slower, and several tests run two or three engines at once anyway.
+ENGINE_THREADS = os.environ.get("OFFGRID_TEST_THREADS", "1")
+
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
     """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` s
@@ -104,6 +110,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in list(os.environ):
         if var.startswith("OFFGRID_"):
             monkeypatch.delenv(var)
+    monkeypatch.setenv("OFFGRID_NUM_THREADS", ENGINE_THREADS)
     return home
 
 
@@ -201,7 +208,7 @@ def start_server(
         "OFFGRID_MODELS_DIR": str(models_dir),
         "OFFGRID_CACHE_DIR": str(tmp / "cache"),
         "OFFGRID_LLAMA_SERVER": str(binary.path),
-        "OFFGRID_NUM_THREADS": "2",
+        "OFFGRID_NUM_THREADS": ENGINE_THREADS,
         "PYTHONPATH": os.pathsep.join(filter(None, [OFFLINE_GUARD, REAL_ENV.get("PYTHONPATH")])),
         "OFFGRID_TEST_OFFLINE_LOG": str(tmp / "offline.log"),
         **env_extra,
