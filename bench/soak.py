@@ -125,6 +125,7 @@ def main() -> None:
         OFFGRID_PARALLEL="2",
         OFFGRID_MAX_QUEUE="2",
         OFFGRID_MAX_CONTEXT="1024",
+        OFFGRID_NUM_THREADS="0",  # the product's default (a thread per core), not the tests' 1
     )
     warm = Tally()
     asyncio.run(client(srv.url, 0, time.monotonic() + 20, warm))  # engines built, caches hot

@@ -126,6 +126,7 @@ class FakeEngine:
         self.alive = True
         self.state = EngineState.READY
         self.pid, self.port, self.started_at = 1, 2, 0.0
+        self.argv: list[str] = []
         self.on_exit: Any = None
         self.exit_reason = ""
 
@@ -191,8 +192,10 @@ def make(
     available: Callable[[], Memory] = lambda: ram(100),
     clock: ManualClock | None = None,
     start_s: float = 0.0,
+    threads: int = 0,
     **policy: Any,
 ) -> tuple[Scheduler, list[str]]:
+    """A scheduler over fake engines (each started with ``threads``, if given)."""
     starts: list[str] = []
 
     async def start(model: ModelInfo, placement: Placement) -> Any:
@@ -200,7 +203,9 @@ def make(
         await asyncio.sleep(start_s)  # an engine that takes a while to load
         if fail:
             raise EngineUnavailableError(f"cannot load {model.id}")
-        return FakeEngine(model)
+        engine = FakeEngine(model)
+        engine.argv = ["--threads", str(threads)] if threads else []
+        return engine
 
     registry: Any = FakeRegistry()
     sched = Scheduler(registry, start, policy=Policy(**policy), available=available, clock=clock)

@@ -80,6 +80,7 @@ class Settings:
     log_prompts: bool = False
     max_loaded_models: int = 3
     max_queue: int = 64
+    cpu_turns: bool = True
     keep_alive: str = "5m"
     pinned_models: str = ""
     model_aliases: str = ""
@@ -237,6 +238,12 @@ FIELDS: tuple[Setting, ...] = (
         "OFFGRID_MAX_QUEUE",
         "scheduler.max_queue",
         "Requests that may wait per model beyond its parallel slots (then 429)",
+    ),
+    Setting(
+        "cpu_turns",
+        "OFFGRID_CPU_TURNS",
+        "scheduler.cpu_turns",
+        "Engines on the CPU take turns computing when their threads would outnumber the cores",
     ),
     Setting(
         "keep_alive",

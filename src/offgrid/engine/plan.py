@@ -14,7 +14,7 @@ from typing import Any
 
 from offgrid.config import Settings
 from offgrid.engine.build import find_engine
-from offgrid.engine.process import Engine, EngineOptions
+from offgrid.engine.process import Engine, EngineOptions, default_threads
 from offgrid.engine.tune import load_tuned
 from offgrid.errors import OffGridError
 from offgrid.models.registry import ModelInfo
@@ -68,6 +68,7 @@ def scheduler_policy(settings: Settings) -> Policy:
         parallel_by_model={m: engine_options(settings, m).parallel for m in per_model},
         vram_limit=parse_size(settings.gpu_memory),
         ram_limit=parse_size(settings.memory),
+        cpu_cores=default_threads() if settings.cpu_turns else 0,
     )
 
 

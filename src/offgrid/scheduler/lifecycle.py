@@ -20,6 +20,7 @@ from offgrid.models.model_info import Task
 from offgrid.models.registry import ModelInfo, Registry
 from offgrid.placement import Memory, Placement
 from offgrid.scheduler.clock import Clock
+from offgrid.scheduler.cpu_turns import CpuTurns, cpu_threads
 from offgrid.scheduler.policy import Policy, SlotView, expired, plan_drain, plan_load
 from offgrid.scheduler.queues import Slot
 
@@ -99,6 +100,7 @@ class Engines:
         self._reap_at = 0.0  # when the reaper wakes next (clock time)
         self._waiting = 0  # loads waiting for room
         self._arriving: collections.Counter[str] = collections.Counter()  # awaiting a load
+        self.turns = CpuTurns(policy.cpu_cores)  # engines on the CPU take turns computing
 
     # -- loading ----------------------------------------------------------------------
     async def ready(self, model_id: str, task: Task | None = None) -> Slot:
@@ -143,9 +145,9 @@ class Engines:
                 for victim in victims:
                     await self._unload(victim, "to make room")
             finally:  # drained models that were not needed after all, or not stopped
-                for mid, slot in self.slots.items():
+                for slot in self.slots.values():
                     if slot.draining:
-                        slot.resume(self.policy.parallel_of(mid))
+                        slot.resume()
             try:
                 engine = await self._start(model, placement)
             except EngineUnavailableError as exc:
@@ -155,7 +157,16 @@ class Engines:
         if health.crashed:
             self.events["restarts", model_id] += 1
             health.crashed = False
-        slot = Slot(engine, placement, self.policy.keep_alive, self._clock.now())
+        layers = model.gguf.block_count if model.gguf else None
+        slot = Slot(
+            engine,
+            placement,
+            self.policy.keep_alive,
+            self._clock.now(),
+            parallel=self.policy.parallel_of(model_id),
+            cpu=cpu_threads(engine.argv, placement, layers),
+            turns=self.turns,
+        )
         engine.on_exit = self._on_exit
         self.slots[model_id] = slot
         self._ensure_reaper()

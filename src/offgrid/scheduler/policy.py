@@ -36,6 +36,7 @@ class Policy:
     vram_limit: int = 0  # most GPU memory all engines together may take (0: no limit)
     ram_limit: int = 0  # most RAM all engines together may take (0: no limit)
     parallel_by_model: Mapping[str, int] = field(default_factory=dict)
+    cpu_cores: int = 0  # engines on the CPU take turns within these cores (0: they do not)
 
     def parallel_of(self, model_id: str) -> int:
         return self.parallel_by_model.get(model_id, self.parallel)

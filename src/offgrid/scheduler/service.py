@@ -63,7 +63,7 @@ class Scheduler:
         while True:
             slot = await self._engines.ready(model_id, task)
             try:
-                await slot.enter(self.policy.parallel_of(model_id), self.policy.max_queue)
+                await slot.enter(self.policy.max_queue)
                 break
             except SentBack:  # its engine stopped before our turn: ask again
                 continue
@@ -73,7 +73,7 @@ class Scheduler:
         return Lease(model_id, slot, self._release, slot.last_used - asked)
 
     def _release(self, slot: Slot) -> None:
-        slot.leave(self.policy.parallel_of(slot.model_id))
+        slot.leave()
         slot.last_used = self._clock.now()
         if slot.active == 0:  # idle, or draining with a queue: either way it can make room
             self._engines.went_idle(slot)
@@ -123,6 +123,8 @@ class Scheduler:
                     "active_requests": s.active,
                     "queued_requests": len(s.waiters),
                     "draining": s.draining,
+                    "cpu_threads": s.cpu,  # computing on these cores, taking turns
+                    "waiting_for_cpu": s in self._engines.turns.waiting,
                     "parallel": self.policy.parallel_of(mid),
                     "pinned": pinned,
                     "keep_alive": s.keep_alive,
