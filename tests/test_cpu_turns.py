@@ -24,7 +24,9 @@ def row(sched: Scheduler, model_id: str) -> dict[str, object]:
         (["--threads", "2"], 0, 30, 2),
         (["-t", "2", "--threads-batch", "4"], 0, 30, 4),  # prompts take the batch threads
         (["--threads", "2"], 12, 30, 2),  # layers left on the CPU: it computes there
+        (["--threads", "2"], 30, 30, 2),  # the output layer on the CPU
         (["--threads", "2"], 31, 30, 0),  # all on the GPU: it takes no turn
+        (["--threads=3"], 0, 30, 3),
         ([], 0, 30, 0),  # no count named: nothing to go by
     ],
 )
@@ -126,6 +128,47 @@ def test_a_model_stopped_while_it_waits_for_the_cpu_passes_the_turn_on() -> None
         a1.release()
         lease_a2.release()
         (await asyncio.wait_for(b, 1)).release()
+        await sched.close()
+
+    asyncio.run(main())
+
+
+def test_a_model_queued_for_the_cpu_is_not_idle() -> None:
+    """Neither evicted for another model (whose queue would then reload it, and evict the
+    other...) nor unloaded by keep-alive 0 while its queue waits for the CPU."""
+
+    async def main() -> None:
+        sched, starts = make(parallel=4, threads=2, cpu_cores=2, max_loaded=2)
+        a1 = await sched.acquire("a")
+        b1 = asyncio.create_task(sched.acquire("b", keep_alive=0))
+        await until(lambda: row(sched, "b").get("waiting_for_cpu"), "b to wait for the CPU")
+        c = asyncio.create_task(sched.acquire("c"))  # no room: a and b are both busy
+        await asyncio.sleep(0.05)
+        assert starts == ["a", "b"] and not c.done()  # b was not evicted as idle
+        a1.release()  # b's turn; a, idle, makes room for c, which waits for the CPU
+        lease_b = await asyncio.wait_for(b1, 1)
+        await until(lambda: row(sched, "c").get("waiting_for_cpu"), "c to wait for the CPU")
+        b2 = asyncio.create_task(sched.acquire("b", keep_alive=0))
+        await until(lambda: row(sched, "b")["queued_requests"] == 1, "b's next request queued")
+        lease_b.release()  # c's turn; b's queue waits behind it: b is not unloaded
+        lease_c = await asyncio.wait_for(c, 1)
+        assert row(sched, "b")["waiting_for_cpu"]
+        lease_c.release()
+        (await asyncio.wait_for(b2, 1)).release()
+        assert starts == ["a", "b", "c"]
+        await sched.close()
+
+    asyncio.run(main())
+
+
+def test_loading_a_model_takes_no_turn_on_the_cpu() -> None:
+    async def main() -> None:
+        sched, starts = make(parallel=4, threads=2, cpu_cores=2)
+        a1 = await sched.acquire("a")
+        await asyncio.wait_for(sched.load("b"), 1)  # POST /api/models/b/load, while a runs
+        assert starts == ["a", "b"] and not row(sched, "b")["waiting_for_cpu"]
+        (await asyncio.wait_for(sched.acquire("a"), 1)).release()  # a still admits
+        a1.release()
         await sched.close()
 
     asyncio.run(main())

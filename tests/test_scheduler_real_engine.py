@@ -13,6 +13,7 @@ import requests
 
 from conftest import (
     GEMMA_ID,
+    SLOWDOWN,
     STARTER_ID,
     Server,
     link_models,
@@ -21,6 +22,7 @@ from conftest import (
     wait_for,
 )
 from offgrid.engine.build import EngineBinary
+from offgrid.engine.process import default_threads
 
 SMOL = f"{STARTER_ID}.gguf"
 HELLO = [{"role": "user", "content": "Hi"}]
@@ -183,3 +185,25 @@ def test_aliases_and_per_model_settings(serve: Callable[..., Server], models: Pa
     assert cmd[cmd.index("--ctx-size") + 1] == "1024"  # 512 per request, 2 slots
     assert cmd[cmd.index("--parallel") + 1] == "2"
     assert cmd[-2:] == ["--temp", "0.5"]
+
+
+def test_engines_with_a_thread_per_core_take_turns(
+    serve: Callable[..., Server], models: Path
+) -> None:
+    """While a generates on every core, b's request waits for the CPU, then is answered."""
+    srv = serve(OFFGRID_NUM_THREADS=str(default_threads()))
+    assert chat(srv, "b").status_code == 200  # loaded: its wait is for the CPU, not a load
+    stream = stream_data(srv.url, "a", max_tokens=2000, ignore_eos=True)
+    next(stream)  # a generates
+    answers: list[requests.Response] = []
+    asking = threading.Thread(target=lambda: answers.append(chat(srv, "b")))
+    asking.start()
+
+    def b() -> dict[str, object]:
+        return next(r for r in srv.ps() if r["id"] == "b")
+
+    wait_for(lambda: b()["waiting_for_cpu"], 30, "b to wait for the CPU")
+    assert b()["cpu_threads"] == default_threads() and not answers
+    stream.close()  # a's client goes away: a is idle, b's turn comes
+    asking.join(60 * SLOWDOWN)
+    assert answers and answers[0].status_code == 200

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -39,12 +39,22 @@ def ps() -> None:
             if r.get("gpu_layers")
             else "",
             f"{r.get('active_requests', '')}/{r.get('parallel', '')}" if "parallel" in r else "",
-            str(r.get("queued_requests", "")),
+            _queued(r),
             until,
             str(r.get("pid", "")),
             str(r.get("port", "")),
         )
     console.print(table)
+
+
+def _queued(row: dict[str, Any]) -> str:
+    """Requests queued, and why, when it is not only that every slot is taken."""
+    why = ""
+    if row.get("waiting_for_cpu"):
+        why = " (waiting for the CPU)"
+    elif row.get("draining"):
+        why = " (draining)"
+    return f"{row.get('queued_requests', '')}{why}"
 
 
 def load(

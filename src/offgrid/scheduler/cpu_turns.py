@@ -37,11 +37,12 @@ class Slot(Protocol):
 
 def cpu_threads(argv: Sequence[str], placement: Placement, layers: int | None) -> int:
     """The cores an engine computes on: its ``--threads`` (or ``--threads-batch``, if more),
-    0 when all its ``layers`` are on a GPU or its command line names no thread count."""
-    if layers is not None and placement.gpu_layers >= layers > 0:
+    0 when all its ``layers`` and the output layer (``-ngl`` counts it: layers + 1) are on
+    a GPU, or when its command line names no thread count."""
+    if layers and placement.gpu_layers > layers:
         return 0
     counts = [0]
-    for flag, value in itertools.pairwise(argv):
+    for flag, value in itertools.pairwise([a for arg in argv for a in arg.split("=", 1)]):
         if flag in ("--threads", "-t", "--threads-batch", "-tb") and value.isdigit():
             counts.append(int(value))
     return max(counts)

@@ -198,7 +198,7 @@ class Engines:
             SlotView(
                 mid,
                 s.placement.need,
-                s.active + self._arriving[mid],
+                s.busy + self._arriving[mid],
                 s.last_used,
                 mid in self.policy.pinned,
             )
@@ -250,6 +250,7 @@ class Engines:
         slot = self.slots.get(engine.model.id)
         if slot is not None and slot.engine is engine:
             del self.slots[engine.model.id]
+            slot.send_back()  # queued requests ask again, and restart it
             await engine.stop(grace=1.0)
             how = describe_exit(engine.proc.returncode if engine.proc else None)
             log.error(
@@ -293,7 +294,7 @@ class Engines:
             await self._notify()
 
     async def _unload_if_idle(self, slot: Slot) -> None:
-        if self.slots.get(slot.model_id) is slot and slot.active == 0:
+        if self.slots.get(slot.model_id) is slot and not slot.busy:
             await self._unload(slot.model_id, "(keep-alive 0)")
 
     async def unload(self, model_id: str) -> bool:
@@ -334,12 +335,12 @@ class Engines:
             wake = 30.0
             for mid, s in list(self.slots.items()):
                 pinned = mid in self.policy.pinned
-                if expired(s.active, s.last_used, s.keep_alive, pinned, now):
+                if expired(s.busy, s.last_used, s.keep_alive, pinned, now):
                     due.append((mid, s))
-                elif s.active == 0 and s.keep_alive >= 0 and not pinned:
+                elif not s.busy and s.keep_alive >= 0 and not pinned:
                     wake = min(wake, s.last_used + s.keep_alive - now)
             for mid, s in due:
-                if self.slots.get(mid) is s and s.active == 0:
+                if self.slots.get(mid) is s and not s.busy:
                     await self._unload(mid, "after its keep-alive")
             self._reap_at = now + max(0.05, wake)
             await self._clock.wait(self._idle_changed, max(0.05, wake))

@@ -117,8 +117,8 @@ def plan_drain(
     return [v for v in victims or [] if v in busy]
 
 
-def expired(active: int, last_used: float, keep_alive: float, pinned: bool, now: float) -> bool:
-    """Whether an idle model has outlived its keep-alive."""
-    if pinned or active > 0 or keep_alive < 0:
+def expired(busy: int, last_used: float, keep_alive: float, pinned: bool, now: float) -> bool:
+    """Whether an idle model (no request running or queued) has outlived its keep-alive."""
+    if pinned or busy > 0 or keep_alive < 0:
         return False
     return now - last_used >= keep_alive

@@ -44,6 +44,12 @@ class Slot:
     def model_id(self) -> str:
         return self.engine.model.id
 
+    @property
+    def busy(self) -> int:
+        """Requests running or queued to run here: a model whose queue waits for the CPU is
+        not idle (not to be evicted or reaped), one draining is (its queue is sent back)."""
+        return self.active + (0 if self.draining else len(self.waiters))
+
     async def enter(self, max_queue: int) -> None:
         """Take a place among the ``parallel`` running, after waiting for one if all are
         taken, the slot drains or another engine has the CPU's turn; OverloadedError (429)

@@ -62,6 +62,8 @@ class Scheduler:
         asked = self._clock.now()
         while True:
             slot = await self._engines.ready(model_id, task)
+            if self._engines.slots.get(model_id) is not slot:
+                continue  # stopped between its load and our turn to run: ask again
             try:
                 await slot.enter(self.policy.max_queue)
                 break
@@ -80,10 +82,15 @@ class Scheduler:
 
     # -- admin ------------------------------------------------------------------------
     async def load(self, model_id: str, *, keep_alive: float | None = None) -> Engine:
-        """Load a model without a request (``POST /api/models/{id}/load``)."""
-        lease = await self.acquire(model_id, keep_alive=keep_alive)
-        lease.release()
-        return lease.engine
+        """Load a model without a request (``POST /api/models/{id}/load``): it takes no
+        place among the requests, nor a turn on the CPU, since it computes nothing."""
+        slot = await self._engines.ready(model_id)
+        slot.last_used = self._clock.now()
+        if keep_alive is not None:
+            slot.keep_alive = keep_alive
+        if not slot.busy:
+            self._engines.went_idle(slot)  # its keep-alive counts from now (0: unload)
+        return slot.engine
 
     async def discard(self, engine: Engine) -> None:
         """Drop an engine that refuses connections, so that the next request starts anew."""
@@ -108,7 +115,7 @@ class Scheduler:
         for mid, s in slots.items():
             pinned = mid in self.policy.pinned
             expires = None  # seconds until the idle reaper stops it; never, or busy: None
-            if not pinned and s.keep_alive >= 0 and not s.active:
+            if not pinned and s.keep_alive >= 0 and not s.busy:
                 expires = max(0.0, s.last_used + s.keep_alive - now)
             rows.append(
                 {

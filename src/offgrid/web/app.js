@@ -722,7 +722,7 @@ const system = {
       ...(engines.length
         ? engines.map((e) => {
             const tr = make("tr");
-            for (const text of [e.id, e.state, size(e.ram_bytes), size(e.vram_bytes), e.parallel ? `${e.active_requests} / ${e.parallel}` : "–", e.queued_requests ?? "–"]) {
+            for (const text of [e.id, e.state, size(e.ram_bytes), size(e.vram_bytes), e.parallel ? `${e.active_requests} / ${e.parallel}` : "–", (e.queued_requests ?? "–") + (e.waiting_for_cpu ? " (waiting for the CPU)" : e.draining ? " (draining)" : "")]) {
               tr.append(make("td", String(text)));
             }
             return tr;
