@@ -27,6 +27,7 @@ def row(sched: Scheduler, model_id: str) -> dict[str, object]:
         (["--threads", "2"], 30, 30, 2),  # the output layer on the CPU
         (["--threads", "2"], 31, 30, 0),  # all on the GPU: it takes no turn
         (["--threads=3"], 0, 30, 3),
+        (["--threads", "2", "--threads", "1", "-tb", "1"], 0, 30, 1),  # tuned flags come last
         ([], 0, 30, 0),  # no count named: nothing to go by
     ],
 )

@@ -41,11 +41,12 @@ def cpu_threads(argv: Sequence[str], placement: Placement, layers: int | None) -
     a GPU, or when its command line names no thread count."""
     if layers and placement.gpu_layers > layers:
         return 0
-    counts = [0]
+    counts = {}  # the last of each flag wins, as in llama.cpp (tuned flags come last)
     for flag, value in itertools.pairwise([a for arg in argv for a in arg.split("=", 1)]):
-        if flag in ("--threads", "-t", "--threads-batch", "-tb") and value.isdigit():
-            counts.append(int(value))
-    return max(counts)
+        kind = {"-t": "--threads", "-tb": "--threads-batch"}.get(flag, flag)
+        if kind in ("--threads", "--threads-batch") and value.isdigit():
+            counts[kind] = int(value)
+    return max(counts.values(), default=0)
 
 
 class CpuTurns:
