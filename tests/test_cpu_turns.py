@@ -4,12 +4,14 @@ outnumber the cores do not compute at once; fake engines, so the order is exact.
 from __future__ import annotations
 
 import asyncio
+from asyncio import Task
 
 import pytest
 
 from offgrid.placement import Memory, Placement
 from offgrid.scheduler import Scheduler
 from offgrid.scheduler.cpu_turns import cpu_threads
+from offgrid.scheduler.queues import Lease
 from test_scheduler_unit import make, until
 
 
@@ -35,14 +37,21 @@ def test_cpu_threads(argv: list[str], gpu_layers: int, layers: int, threads: int
     assert cpu_threads(argv, Placement(gpu_layers, Memory()), layers) == threads
 
 
+async def a_computes_b_waits(sched: Scheduler) -> tuple[Lease, Task[Lease], Task[Lease]]:
+    """a runs a request, b asks and waits for the CPU, so a's next request queues although
+    a has free slots: (a's lease, b's request, a's next request)."""
+    a1 = await sched.acquire("a")
+    b = asyncio.create_task(sched.acquire("b"))
+    await until(lambda: row(sched, "b").get("waiting_for_cpu"), "b to wait for the CPU")
+    a2 = asyncio.create_task(sched.acquire("a"))
+    await until(lambda: row(sched, "a")["queued_requests"] == 1, "a's next request queued")
+    return a1, b, a2
+
+
 def test_engines_that_would_share_the_cores_take_turns() -> None:
     async def main() -> None:
         sched, _ = make(parallel=4, threads=2, cpu_cores=2)
-        a1 = await sched.acquire("a")
-        b = asyncio.create_task(sched.acquire("b"))
-        await until(lambda: row(sched, "b").get("waiting_for_cpu"), "b to wait for the CPU")
-        a2 = asyncio.create_task(sched.acquire("a"))  # a has free slots, but b waits
-        await until(lambda: row(sched, "a")["queued_requests"] == 1, "a's new request queued")
+        a1, b, a2 = await a_computes_b_waits(sched)
         a1.release()  # a is idle: b's turn, then a's
         lease_b = await asyncio.wait_for(b, 1)
         await asyncio.sleep(0.01)
@@ -101,11 +110,7 @@ def test_without_turns_engines_compute_at_once() -> None:
 def test_a_model_whose_clients_leave_gives_its_turn_back() -> None:
     async def main() -> None:
         sched, _ = make(parallel=4, threads=2, cpu_cores=2)
-        a1 = await sched.acquire("a")
-        b = asyncio.create_task(sched.acquire("b"))
-        await until(lambda: row(sched, "b").get("waiting_for_cpu"), "b to wait for the CPU")
-        a2 = asyncio.create_task(sched.acquire("a"))
-        await until(lambda: row(sched, "a")["queued_requests"] == 1, "a's request queued")
+        a1, b, a2 = await a_computes_b_waits(sched)
         b.cancel()  # b's client goes away: nobody waits, a admits again
         (await asyncio.wait_for(a2, 1)).release()
         assert not row(sched, "b")["waiting_for_cpu"]
@@ -118,11 +123,7 @@ def test_a_model_whose_clients_leave_gives_its_turn_back() -> None:
 def test_a_model_stopped_while_it_waits_for_the_cpu_passes_the_turn_on() -> None:
     async def main() -> None:
         sched, _ = make(parallel=4, threads=2, cpu_cores=2)
-        a1 = await sched.acquire("a")
-        b = asyncio.create_task(sched.acquire("b"))
-        await until(lambda: row(sched, "b").get("waiting_for_cpu"), "b to wait for the CPU")
-        a2 = asyncio.create_task(sched.acquire("a"))
-        await until(lambda: row(sched, "a")["queued_requests"] == 1, "a's request queued")
+        a1, b, a2 = await a_computes_b_waits(sched)
         assert await sched.unload("b")  # nobody waits now: a admits its request
         lease_a2 = await asyncio.wait_for(a2, 1)
         await until(lambda: row(sched, "b").get("waiting_for_cpu"), "b, sent back, to wait again")
