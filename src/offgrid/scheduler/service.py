@@ -69,10 +69,14 @@ class Scheduler:
                 break
             except SentBack:  # its engine stopped before our turn: ask again
                 continue
+        self._used(slot, keep_alive)
+        return Lease(model_id, slot, self._release, slot.last_used - asked)
+
+    def _used(self, slot: Slot, keep_alive: float | None) -> None:
+        """``slot`` was asked for now; with ``keep_alive``, that is its keep-alive."""
         slot.last_used = self._clock.now()
         if keep_alive is not None:
             slot.keep_alive = keep_alive
-        return Lease(model_id, slot, self._release, slot.last_used - asked)
 
     def _release(self, slot: Slot) -> None:
         slot.leave()
@@ -85,9 +89,7 @@ class Scheduler:
         """Load a model without a request (``POST /api/models/{id}/load``): it takes no
         place among the requests, nor a turn on the CPU, since it computes nothing."""
         slot = await self._engines.ready(model_id)
-        slot.last_used = self._clock.now()
-        if keep_alive is not None:
-            slot.keep_alive = keep_alive
+        self._used(slot, keep_alive)
         if not slot.busy:
             self._engines.went_idle(slot)  # its keep-alive counts from now (0: unload)
         return slot.engine
@@ -132,7 +134,7 @@ class Scheduler:
                     "draining": s.draining,
                     "cpu_threads": s.cpu,  # computing on these cores, taking turns
                     "waiting_for_cpu": s in self._engines.turns.waiting,
-                    "parallel": self.policy.parallel_of(mid),
+                    "parallel": s.parallel,
                     "pinned": pinned,
                     "keep_alive": s.keep_alive,
                     "expires_in": expires,
